@@ -63,11 +63,13 @@ def label_colormap(num_labels: int) -> ListedColormap:
 
 def _plane_slice(vol: np.ndarray, plane: str, index: int) -> np.ndarray:
     """2D slice for display: rows = vertical screen axis (top first), cols = horizontal."""
-    if plane == "axial":      # fixed Z; show anterior (Y high) at top, patient right on the left
-        return vol[:, :, index].T[::-1, :]
-    if plane == "coronal":    # fixed Y; superior at top, patient right on the left
-        return vol[:, index, :].T[::-1, :]
-    if plane == "sagittal":   # fixed X; superior at top, anterior on the left
+    # RAS+ arrays: x grows toward the patient's Right, y toward Anterior, z toward Superior.
+    # Radiological display puts the patient's right on the viewer's left, so x is reversed.
+    if plane == "axial":      # fixed z: rows = y (anterior at top), cols = x (patient right on the left)
+        return vol[:, :, index].T[::-1, ::-1]
+    if plane == "coronal":    # fixed y: rows = z (superior at top), cols = x (patient right on the left)
+        return vol[:, index, :].T[::-1, ::-1]
+    if plane == "sagittal":   # fixed x: rows = z (superior at top), cols = y (anterior on the left)
         return vol[index, :, :].T[::-1, ::-1]
     raise ValueError(f"`plane` must be one of {PLANES}, got {plane!r}.")
 
@@ -138,8 +140,9 @@ def show_slices(
         ax.set_title(f"{plane} ({'xyz'[axis]}={center[axis]})", fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
-    axes[2].text(0.01, 0.02, "R", color="yellow", transform=axes[2].transAxes, fontsize=9)
-    axes[2].text(0.95, 0.02, "L", color="yellow", transform=axes[2].transAxes, fontsize=9)
+    for ax in axes[1:]:  # coronal and axial: radiological convention
+        ax.text(0.02, 0.03, "R", color="yellow", transform=ax.transAxes, fontsize=9)
+        ax.text(0.93, 0.03, "L", color="yellow", transform=ax.transAxes, fontsize=9)
     if label_names:
         handles = [Patch(color=cmap(int(k)), label=name) for k, name in sorted(label_names.items(), key=lambda kv: int(kv[0])) if int(k) > 0]
         axes[2].legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.7)

@@ -1,0 +1,458 @@
+"""Synthetic abdominal CT phantom in the Medical Segmentation Decathlon layout; ``tdseg phantom``.
+
+Every case is a procedural abdomen (``phantom_organs``): body wall, bowel, spine and ribs, aorta
+and IVC, liver, gallbladder, stomach, spleen, pancreas and kidneys with random sizes, positions
+and smooth deformations, in realistic Hounsfield units (``HU_RANGES``). Tumours
+(``phantom_findings``) go into a configurable fraction of kidneys / pancreases; each case gets
+a description and structured ``findings`` measured on the generated volume. The intensity
+image is blurred (partial volume) and gets correlated Gaussian noise. Three label sets mimic
+real datasets (``LABEL_SETS``): KiTS19 (kidney), MSD Task07 (pancreas) and a BTCV subset.
+
+Orientation: arrays are written with a proper NIfTI affine into RAS+ world millimetres
+(``+x`` = patient **Right**, ``+y`` Anterior, ``+z`` Superior). ``orientation`` names the
+direction each array axis grows toward (nibabel ``aff2axcodes`` letters): ``"RAS"`` (default),
+``"LPS"`` (DICOM-like) or ``"IPL"`` (KiTS19-like). Anatomy stays correct in world space.
+
+Determinism: case ``i`` is drawn from ``SeedSequence([seed, i])`` only, so the same seed gives
+byte-identical files and a case does not depend on ``num_cases``, ``workers`` or the task's
+tumour draw (anatomy, tumours and noise use separate streams).
+
+Explained in ``notebooks/00_setup_and_data.ipynb``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from tdseg_lite.config import ConfigError, config_to_dict
+from tdseg_lite.errors import UserInputError
+from tdseg_lite.phantom_anatomy import HU_RANGES, ORGANS, TISSUES, TEXTURE_HU, Grid, smooth_field
+from tdseg_lite.utils import atomic_write_bytes, atomic_write_text
+
+__all__ = [
+    "HU_RANGES", "LABEL_SETS", "TISSUES", "PhantomCase", "PhantomConfig", "add_cli_arguments",
+    "cli_main", "ensure_phantom", "generate_case", "generate_phantom", "hu_statistics",
+]
+
+PHANTOM_VERSION = "1"
+TASKS: tuple[str, ...] = ("kidney", "pancreas", "multiorgan")
+#: task -> label id -> name. kidney: KiTS19; pancreas: MSD Task07; multiorgan: BTCV names,
+#: the organs the phantom models, renumbered 1..9 in BTCV order (BTCV ids 1,2,3,4,6,7,8,9,11).
+LABEL_SETS: dict[str, dict[int, str]] = {
+    "kidney": {0: "background", 1: "kidney", 2: "tumor"},
+    "pancreas": {0: "background", 1: "pancreas", 2: "cancer"},
+    "multiorgan": {0: "background", 1: "spleen", 2: "right kidney", 3: "left kidney", 4: "gallbladder",
+                   5: "liver", 6: "stomach", 7: "aorta", 8: "inferior vena cava", 9: "pancreas"},
+}
+DEFAULT_TUMOUR_FRACTION: dict[str, float] = {"kidney": 0.5, "pancreas": 0.5, "multiorgan": 0.0}
+_MARKER = ".tdseg_phantom_in_progress.json"
+_FLAGS = {"task": "--task", "num_cases": "--cases", "seed": "--seed", "tumour_fraction": "--tumour-fraction",
+          "orientation": "--orientation"}
+_AXIS = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
+
+
+def _bad(name: str, rule: str, value: Any, fix: str) -> ConfigError:
+    flag = f" ({_FLAGS[name]})" if name in _FLAGS else ""
+    return ConfigError(f"`PhantomConfig.{name}`{flag} {rule}, got {value!r}. {fix}")
+
+
+def _check_orientation(code: Any) -> None:
+    ok = isinstance(code, str) and len(code) == 3 and all(c in _AXIS for c in code)
+    if not ok or len({_AXIS[c][0] for c in code}) != 3:
+        raise _bad("orientation", "must be 3 letters, one of R/L, one of A/P and one of S/I", code,
+                   "Use e.g. 'RAS' (default), 'LPS' or 'IPL'.")
+
+
+@dataclass(frozen=True)
+class PhantomConfig:
+    """What to generate. ``shape``/``spacing`` follow the anatomical axes (R-L, A-P, I-S)."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": {"num_cases": 12, "shape": (64, 64, 43), "spacing": (4.5, 4.5, 4.5)},
+        "cpu": {},
+        "full": {"num_cases": 100},
+    }
+    task: str = "kidney"                                   # "kidney" | "pancreas" | "multiorgan"
+    num_cases: int = 40                                    # cases written to imagesTr/labelsTr
+    seed: int = 0                                          # case i uses SeedSequence([seed, i])
+    shape: tuple[int, int, int] = (96, 96, 64)             # voxels along R-L, A-P, I-S
+    spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)  # mm along R-L, A-P, I-S
+    tumour_fraction: float | None = None                   # P(tumour) per organ; None -> task default
+    noise_hu: float = 12.0                                 # mean noise SD (HU), +-15 % per case
+    blur_mm: float = 1.2                                   # partial-volume Gaussian SD (mm)
+    anisotropic: bool = False                              # per case: finer in-plane, 1.4-2x thicker slices
+    orientation: str = "RAS"                               # array axis directions (aff2axcodes letters)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise _bad("task", f"must be one of {', '.join(TASKS)}", self.task, "Use e.g. --task kidney.")
+        for name, lo, hi in (("num_cases", 1, 100_000), ("seed", 0, 2**63 - 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                example = {"num_cases": "--cases 40", "seed": "--seed 0"}[name]
+                raise _bad(name, f"must be an integer in [{lo}, {hi}]", v, f"Pass e.g. {example}.")
+        if len(self.shape) != 3 or not all(isinstance(n, int) and 16 <= n <= 512 for n in self.shape):
+            raise _bad("shape", "must be 3 integers in [16, 512]", self.shape, "Use e.g. shape=(96, 96, 64).")
+        if len(self.spacing) != 3 or not all(isinstance(s, (int, float)) and 0.3 <= s <= 10 for s in self.spacing):
+            raise _bad("spacing", "must be 3 numbers in [0.3, 10] mm", self.spacing, "Use e.g. spacing=(3.0, 3.0, 3.0).")
+        fov = [n * s for n, s in zip(self.shape, self.spacing)]
+        if fov[0] < 240 or fov[1] < 240 or fov[2] < 120:
+            raise _bad("shape", "times spacing must give a field of view of at least 240 x 240 x 120 mm",
+                       f"{self.shape} x {self.spacing} mm = {fov[0]:.0f} x {fov[1]:.0f} x {fov[2]:.0f} mm",
+                       "Increase shape or spacing, e.g. shape=(96, 96, 64) at 3 mm.")
+        tf = self.tumour_fraction
+        if tf is not None and (isinstance(tf, bool) or not isinstance(tf, (int, float)) or not 0 <= tf <= 1):
+            raise _bad("tumour_fraction", "must be a number in [0, 1] (or None for the task default)", tf,
+                       "Pass e.g. --tumour-fraction 0.5.")
+        for name, hi in (("noise_hu", 100.0), ("blur_mm", 10.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= hi:
+                raise _bad(name, f"must be a number in [0, {hi:g}]", v, "Use the default or a value in range.")
+        if not isinstance(self.anisotropic, bool):
+            raise _bad("anisotropic", "must be True or False", self.anisotropic, "Pass --anisotropic or leave it out.")
+        _check_orientation(self.orientation)
+
+    @property
+    def fraction(self) -> float:
+        """The tumour fraction in effect (``tumour_fraction`` or the task default)."""
+        return float(DEFAULT_TUMOUR_FRACTION[self.task] if self.tumour_fraction is None else self.tumour_fraction)
+
+    def block(self) -> dict[str, Any]:
+        """The ``"tdseg_phantom"`` block of dataset.json that identifies this configuration."""
+        options = {k: v for k, v in config_to_dict(self).items() if k not in ("task", "seed", "num_cases")}
+        options["tumour_fraction"] = self.fraction
+        return {"task": self.task, "seed": self.seed, "num_cases": self.num_cases, "options": options,
+                "version": PHANTOM_VERSION}
+
+
+@dataclass(frozen=True)
+class PhantomCase:
+    """One generated case; arrays are (I, J, K) in ``orientation`` order, matching ``affine``."""
+
+    name: str
+    task: str
+    image: np.ndarray        # float32 HU
+    label: np.ndarray        # uint8, ids of LABEL_SETS[task]
+    tissue: np.ndarray       # uint8, ids of TISSUES (for realism statistics)
+    affine: np.ndarray       # (4, 4) voxel index -> RAS+ mm
+    description: str
+    findings: list[dict[str, Any]]
+
+
+def _case_grid(cfg: PhantomConfig, rng: np.random.Generator) -> Grid:
+    """The case's canonical grid: ``cfg.shape`` at ``cfg.spacing``, or an anisotropic variant."""
+    if not cfg.anisotropic:
+        return Grid.centred(cfg.shape, cfg.spacing)
+    f_xy, f_z = rng.uniform(0.8, 1.15), rng.uniform(1.4, 2.0)
+    spacing = (cfg.spacing[0] * f_xy, cfg.spacing[1] * f_xy, cfg.spacing[2] * f_z)
+    shape = tuple(max(16, int(round(n * s / t))) for n, s, t in zip(cfg.shape, cfg.spacing, spacing))
+    return Grid.centred(shape, spacing)
+
+
+def _reorient(arr: np.ndarray, code: str) -> np.ndarray:
+    """Canonical RAS array -> array whose axes grow toward the letters of ``code``."""
+    out = np.transpose(arr, [_AXIS[c][0] for c in code])
+    for k, c in enumerate(code):
+        if _AXIS[c][1] < 0:
+            out = np.flip(out, axis=k)
+    return np.ascontiguousarray(out)
+
+
+def _affine(grid: Grid, code: str) -> np.ndarray:
+    """(4, 4) affine of ``_reorient(canonical, code)``: voxel index -> RAS+ mm."""
+    axes, aff = (grid.xs, grid.ys, grid.zs), np.eye(4)
+    aff[:3, 3] = [float(a[0]) for a in axes]
+    for k, c in enumerate(code):
+        w, sign = _AXIS[c]
+        aff[:3, k] = 0.0
+        aff[w, k] = sign * grid.spacing[w]
+        if sign < 0:
+            aff[w, 3] = float(axes[w][-1])
+    return aff
+
+
+def _render(anat: Any, tumours: dict[int, str], rng: np.random.Generator, cfg: PhantomConfig) -> np.ndarray:
+    """HU image (X, Y, Z) float32: tissue means + texture, per-tumour means, blur, correlated noise."""
+    from scipy import ndimage
+
+    from tdseg_lite.phantom_anatomy import T
+
+    cv, grid = anat.canvas, anat.canvas.grid
+    base = np.array([rng.uniform(lo + (hi - lo) / 4, hi - (hi - lo) / 4) for lo, hi in HU_RANGES.values()])
+    base[T["air"]], base[T["bowel gas"]] = -1000.0, rng.uniform(-1000.0, -960.0)
+    tex = np.array([TEXTURE_HU.get(name, 0.0) for name in TISSUES], np.float32)
+    img = base.astype(np.float32)[cv.tissue] + tex[cv.tissue] * smooth_field(rng, grid, 7.0)
+    offset = np.zeros(256, np.float32)
+    for tid, host in sorted(tumours.items()):
+        tissue = "pancreas tumour" if host == "pancreas" else "kidney tumour"
+        lo, hi = HU_RANGES[tissue]
+        offset[tid] = rng.uniform(lo + (hi - lo) / 8, hi - (hi - lo) / 8) - base[T[tissue]]
+    lesion = np.isin(cv.tissue, (T["kidney tumour"], T["pancreas tumour"]))
+    img[lesion] += offset[cv.organ[lesion]]
+    if cfg.blur_mm > 0:
+        img = ndimage.gaussian_filter(img, [cfg.blur_mm / s for s in grid.spacing], mode="nearest", truncate=3.0)
+    noise = ndimage.gaussian_filter(rng.standard_normal(grid.shape, dtype=np.float32), 0.6, truncate=3.0)
+    k = np.exp(-0.5 * (np.arange(-2, 3) / 0.6) ** 2)
+    gain = cfg.noise_hu * rng.uniform(0.85, 1.15) / float(np.sqrt(((k / k.sum()) ** 2).sum()) ** 3)
+    return np.clip(img + np.float32(gain) * noise, -1024.0, 3071.0).astype(np.float32)
+
+
+def _labels(organ: np.ndarray, tumours: dict[int, str], task: str) -> np.ndarray:
+    """Organ map -> label map of ``LABEL_SETS[task]`` (BTCV: tumours belong to their organ)."""
+    lut = np.zeros(256, np.uint8)
+    ids = {name: i for i, name in enumerate(ORGANS)}
+    if task == "multiorgan":
+        for label, name in LABEL_SETS[task].items():
+            if name in ids and label:
+                lut[ids[name]] = label
+        for tid, host in tumours.items():
+            lut[tid] = lut[ids[host]]
+        return lut[organ]
+    hosts = ("right kidney", "left kidney") if task == "kidney" else ("pancreas",)
+    for name in hosts:
+        lut[ids[name]] = 1
+    for tid, host in tumours.items():
+        lut[tid] = 2 if host in hosts else lut[ids[host]]
+    return lut[organ]
+
+
+def generate_case(cfg: PhantomConfig, index: int) -> PhantomCase:
+    """Generate case ``index`` of ``cfg`` (depends only on ``cfg`` and ``index``).
+
+    Returns:
+        ``PhantomCase`` with image/label/tissue arrays (I, J, K) in ``cfg.orientation``.
+    """
+    from tdseg_lite.phantom_findings import add_tumours, describe, measure_findings
+    from tdseg_lite.phantom_organs import build_anatomy
+
+    geo, body, lesion, scan = (np.random.default_rng(s) for s in np.random.SeedSequence([cfg.seed, index]).spawn(4))
+    grid = _case_grid(cfg, geo)
+    anat = build_anatomy(grid, body)
+    tumours = add_tumours(anat, lesion, cfg.task, cfg.fraction)
+    findings = measure_findings(anat, tumours, cfg.task)
+    image = _render(anat, tumours, scan, cfg)
+    label = _labels(anat.canvas.organ, tumours, cfg.task)
+    code = cfg.orientation
+    return PhantomCase(
+        name=f"phantom_{cfg.task}_{index:04d}", task=cfg.task, image=_reorient(image, code),
+        label=_reorient(label, code), tissue=_reorient(anat.canvas.tissue, code), affine=_affine(grid, code),
+        description=describe(findings, cfg.task), findings=findings,
+    )
+
+
+def _nifti_gz(arr: np.ndarray, affine: np.ndarray) -> bytes:
+    """Bytes of a gzipped NIfTI-1 file (deterministic: no name or time in the gzip header)."""
+    import gzip
+
+    import nibabel as nib
+
+    img = nib.Nifti1Image(arr, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
+
+
+def _write_case(out: Path, cfg: PhantomConfig, index: int) -> dict[str, Any]:
+    """Generate and write one case (image int16 HU, label uint8); return its dataset.json entry."""
+    case = generate_case(cfg, index)
+    image = np.round(case.image).astype(np.int16)
+    atomic_write_bytes(out / "imagesTr" / f"{case.name}.nii.gz", _nifti_gz(image, case.affine))
+    atomic_write_bytes(out / "labelsTr" / f"{case.name}.nii.gz", _nifti_gz(case.label, case.affine))
+    return {"image": f"./imagesTr/{case.name}.nii.gz", "label": f"./labelsTr/{case.name}.nii.gz",
+            "description": case.description, "findings": case.findings}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _check_target(out: Path, arg: str) -> None:
+    """Refuse a file, or a non-empty folder that is not (an interrupted run of) a phantom dataset."""
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"`{arg}` must be a folder, got the file {str(out)!r}. Pass a new folder path.")
+    if out.is_dir() and any(out.iterdir()):
+        if "tdseg_phantom" not in _read_json(out / "dataset.json") and not (out / _MARKER).exists():
+            raise UserInputError(
+                f"`{arg}` must be a new or empty folder or an existing phantom dataset, got {str(out)!r}, which "
+                "holds other files (no dataset.json with a 'tdseg_phantom' block). Pass another folder, "
+                "or empty this one."
+            )
+
+
+def _cases(out: Path, cfg: PhantomConfig, workers: int) -> Iterable[dict[str, Any]]:
+    """Write every case, in a process pool when ``workers > 1``; yield entries in case order.
+
+    Linux forks (cheap, and works from notebooks and ``python -c``); other systems spawn.
+    """
+    n = cfg.num_cases
+    if workers <= 1 or n < 4:
+        yield from (_write_case(out, cfg, i) for i in range(n))
+        return
+    import multiprocessing
+    import warnings
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+        with ProcessPoolExecutor(min(workers, n), mp_context=ctx) as pool:
+            yield from pool.map(_write_case, [out] * n, [cfg] * n, range(n))
+
+
+def generate_phantom(out_dir: str | Path, cfg: PhantomConfig | None = None, *, workers: int = 2,
+                     progress: bool = False) -> Path:
+    """Write the phantom dataset (MSD layout) into ``out_dir`` and return its path.
+
+    ``dataset.json`` is removed first and written last, so an interrupted run never leaves a
+    dataset.json that points at missing or stale files. Files of earlier runs with more cases
+    are deleted.
+
+    Args:
+        out_dir: a new or empty folder, or an earlier phantom dataset (overwritten).
+        cfg: what to generate (default ``PhantomConfig()``: 40 kidney cases, 96x96x64 at 3 mm).
+        workers: processes (1 = in this process). Output does not depend on it.
+        progress: print one line per case.
+    """
+    cfg = cfg or PhantomConfig()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UserInputError(f"`workers` must be an integer >= 1, got {workers!r}. Pass e.g. workers=2.")
+    out = Path(out_dir)
+    _check_target(out, "out_dir")
+    for sub in ("imagesTr", "labelsTr"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / _MARKER, json.dumps(cfg.block()) + "\n")
+    (out / "dataset.json").unlink(missing_ok=True)
+    entries = []
+    for i, entry in enumerate(_cases(out, cfg, workers)):
+        entries.append(entry)
+        if progress:
+            print(f"  [{i + 1}/{cfg.num_cases}] {Path(entry['image']).name}: {entry['description']}", flush=True)
+    keep = {Path(e["image"]).name for e in entries}
+    for sub in ("imagesTr", "labelsTr"):
+        for f in (out / sub).glob("phantom_*.nii.gz"):
+            if f.name not in keep:
+                f.unlink()
+    meta = {
+        "name": f"tdseg_lite phantom ({cfg.task})",
+        "description": f"Synthetic abdominal CT phantom, {cfg.task} task, generated by tdseg_lite "
+                       f"{PHANTOM_VERSION}; descriptions and findings are measured on each case.",
+        "reference": "tdseg_lite.phantom", "licence": "CC0", "tensorImageSize": "3D",
+        "modality": {"0": "CT"}, "labels": {str(k): v for k, v in LABEL_SETS[cfg.task].items()},
+        "numTraining": len(entries), "numTest": 0, "training": entries, "test": [],
+        "tdseg_phantom": cfg.block(),
+    }
+    atomic_write_text(out / "dataset.json", json.dumps(meta, indent=2) + "\n")
+    (out / _MARKER).unlink(missing_ok=True)
+    return out
+
+
+def ensure_phantom(out_dir: str | Path, cfg: PhantomConfig | None = None, *, workers: int = 2) -> Path:
+    """Reuse ``out_dir`` if its dataset.json was written for ``cfg`` and all files exist; else generate."""
+    cfg = cfg or PhantomConfig()
+    out = Path(out_dir)
+    meta = _read_json(out / "dataset.json")
+    if meta.get("tdseg_phantom") == json.loads(json.dumps(cfg.block())):
+        files = [out / e[k] for e in meta.get("training", []) for k in ("image", "label")]
+        if len(files) == 2 * cfg.num_cases and all(f.is_file() for f in files):
+            return out
+    return generate_phantom(out, cfg, workers=workers)
+
+
+def _core(tissue: np.ndarray) -> np.ndarray:
+    """Voxels whose 6 neighbours have the same tissue (away from partial-volume edges)."""
+    core = np.zeros(tissue.shape, bool)
+    core[1:-1, 1:-1, 1:-1] = True
+    for ax in range(3):
+        t, c = np.moveaxis(tissue, ax, 0), np.moveaxis(core, ax, 0)
+        c[1:] &= t[1:] == t[:-1]
+        c[:-1] &= t[:-1] == t[1:]
+    return core
+
+
+def hu_statistics(cases: Iterable[PhantomCase], by: str = "tissue", core: bool = True) -> dict[str, dict[str, Any]]:
+    """Pooled HU mean / SD per tissue (``by="tissue"``) or per label name (``by="label"``).
+
+    Args:
+        cases: generated cases (e.g. ``[generate_case(cfg, i) for i in range(4)]``).
+        by: "tissue" (``TISSUES``, with the ``HU_RANGES`` they should fall in) or "label".
+        core: tissue statistics only on voxels away from tissue boundaries.
+
+    Returns:
+        name -> {"mean", "std", "voxels", "expected"} (expected is (lo, hi) or None).
+    """
+    n = 256
+    acc = np.zeros((3, n))
+    names: dict[int, str] = {}
+    for case in cases:
+        keys = case.tissue if by == "tissue" else case.label
+        names = dict(enumerate(TISSUES)) if by == "tissue" else LABEL_SETS[case.task]
+        m = _core(case.tissue) if core and by == "tissue" else np.ones(keys.shape, bool)
+        k, v = keys[m].astype(np.int64), case.image[m].astype(np.float64)
+        acc += [np.bincount(k, minlength=n), np.bincount(k, v, minlength=n), np.bincount(k, v * v, minlength=n)]
+    out = {}
+    for i, name in names.items():
+        cnt, s, s2 = acc[:, i]
+        if cnt:
+            mean = s / cnt
+            out[name] = {"mean": round(float(mean), 1), "std": round(float(np.sqrt(max(s2 / cnt - mean**2, 0))), 1),
+                         "voxels": int(cnt), "expected": HU_RANGES.get(name) if by == "tissue" else None}
+    return out
+
+
+def add_cli_arguments(parser: Any) -> None:
+    """Arguments of ``tdseg phantom`` (values are checked in ``cli_main`` for one-line errors)."""
+    parser.add_argument("--out", required=True, help="output folder (new, empty, or an earlier phantom)")
+    parser.add_argument("--cases", default="40", help="number of cases (default 40)")
+    parser.add_argument("--seed", default="0", help="random seed (default 0)")
+    parser.add_argument("--task", default="kidney", help="kidney (KiTS19-like) | pancreas (MSD) | multiorgan (BTCV)")
+    parser.add_argument("--tumour-fraction", default=None, help="P(tumour) per kidney/pancreas, 0..1")
+    parser.add_argument("--anisotropic", action="store_true", help="per-case finer in-plane, thicker slices")
+    parser.add_argument("--orientation", default="RAS", help="array axis directions: RAS (default), LPS, IPL, ...")
+    parser.add_argument("--workers", default="2", help="processes (default 2)")
+
+
+def _number(flag: str, value: str | None, kind: type, example: str) -> Any:
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise UserInputError(f"`{flag}` must be {what}, got {value!r}. Pass e.g. {flag} {example}.") from None
+
+
+def cli_main(args: Any) -> int:
+    """``tdseg phantom``: write the dataset, print a one-line summary; bad input -> UserInputError."""
+    workers = _number("--workers", args.workers, int, "2")
+    if workers < 1:
+        raise UserInputError(f"`--workers` must be >= 1, got {workers}. Pass e.g. --workers 2.")
+    cfg = PhantomConfig(
+        task=args.task, num_cases=_number("--cases", args.cases, int, "40"), seed=_number("--seed", args.seed, int, "0"),
+        tumour_fraction=_number("--tumour-fraction", args.tumour_fraction, float, "0.5"),
+        anisotropic=bool(args.anisotropic), orientation=args.orientation,
+    )
+    out = Path(args.out)
+    _check_target(out, "--out")
+    start = time.perf_counter()
+    generate_phantom(out, cfg, workers=workers)
+    seconds = time.perf_counter() - start
+    meta = _read_json(out / "dataset.json")
+    tumours = sum(f["kind"] == "tumour" for e in meta["training"] for f in e["findings"])
+    shape = "variable" if cfg.anisotropic else "x".join(map(str, cfg.shape))
+    print(f"tdseg phantom: {cfg.num_cases} {cfg.task} cases ({tumours} tumours, {shape} voxels, {cfg.orientation}) "
+          f"-> {out} in {seconds:.1f} s ({cfg.num_cases / seconds:.2f} cases/s)")
+    return 0

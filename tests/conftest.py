@@ -1,0 +1,69 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+#: KiTS19-like voxel order: axis 0 runs inferior (5 mm), 1 posterior, 2 left (0.8 mm) -> codes I-P-L
+IPL_AFFINE = np.array([[0.0, 0.0, -0.8, 10.0], [0.0, -0.8, 0.0, 20.0], [-5.0, 0.0, 0.0, 30.0], [0.0, 0.0, 0.0, 1.0]])
+#: a plain RAS grid, 2 x 2 x 3 mm
+RAS_AFFINE = np.diag([2.0, 2.0, 3.0, 1.0])
+
+
+def synthetic_case(shape: tuple[int, ...], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A tiny CT-like volume (int16 HU: air -1000, body 40, organ 80, lesion 150) and its labels.
+
+    Returns:
+        ``(image, label)`` of ``shape`` (X, Y, Z); label 1 = organ box, 2 = lesion inside it.
+    """
+    rng = np.random.default_rng(seed)
+    image = np.full(shape, -1000, np.int16)
+    label = np.zeros(shape, np.uint8)
+    body = tuple(slice(max(1, s // 10), s - max(1, s // 10)) for s in shape)
+    image[body] = 40
+    lo = [s // 3 + int(rng.integers(0, 2)) for s in shape]
+    organ = tuple(slice(a, a + max(2, s // 3)) for a, s in zip(lo, shape))
+    label[organ] = 1
+    lesion = tuple(slice(sl.start, sl.start + max(1, (sl.stop - sl.start) // 2)) for sl in organ)
+    label[lesion] = 2
+    image[label == 1] = 80
+    image[label == 2] = 150
+    return image, label
+
+
+def write_msd_dataset(root: Path, n_cases: int = 3, shape: tuple[int, int, int] = (40, 40, 24),
+                      affine: np.ndarray = RAS_AFFINE, **meta: Any) -> Path:
+    """Write a small MSD-layout dataset (``dataset.json``, ``imagesTr/``, ``labelsTr/``) under ``root``."""
+    import nibabel as nib
+
+    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+    training = []
+    for i in range(n_cases):
+        image, label = synthetic_case(shape, seed=i)
+        name = f"case_{i:03d}.nii.gz"
+        nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / name)
+        nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / name)
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}",
+                         "description": f"case {i}: a small lesion"})
+    dataset = {"name": "synthetic", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "kidney", "2": "tumor"},
+               "numTraining": n_cases, "training": training, "test": []}
+    dataset.update(meta)
+    (root / "dataset.json").write_text(json.dumps(dataset, indent=2))
+    return root
+
+
+@pytest.fixture
+def msd_dataset(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: ``msd_dataset(n_cases=3, shape=(40, 40, 24), affine=RAS_AFFINE, name="ds", **dataset_json)``."""
+
+    def make(n_cases: int = 3, name: str = "ds", **kwargs: Any) -> Path:
+        return write_msd_dataset(tmp_path / name, n_cases=n_cases, **kwargs)
+
+    return make
