@@ -20,6 +20,7 @@ contain, is skipped. Explained in ``data_scripts/README.md``.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -37,10 +38,13 @@ from tdseg_lite.errors import UserInputError
 
 __all__ = [
     "CHUNK",
+    "KITS19_IMAGE_BYTES",
     "KITS19_IMAGING_TREE",
     "KITS19_IMAGING_URLS",
+    "KITS19_LABELLED",
     "KITS19_SEGMENTATION_URL",
     "download_file",
+    "download_kits19",
     "ensure_disk_space",
     "extract_archive",
     "file_hash",
@@ -67,6 +71,8 @@ KITS19_IMAGING_URLS = (
 )
 #: Hugging Face listing of those files; each LFS entry carries the file's SHA-256 as ``lfs.oid``.
 KITS19_IMAGING_TREE = "https://huggingface.co/api/datasets/neheller/KiTS-Challenge-Imaging/tree/main/images"
+KITS19_LABELLED = range(210)  # cases 210-299: imaging only (the challenge's test set)
+KITS19_IMAGE_BYTES = 110_000_000  # rough mean size of one KiTS19 imaging file, for the up-front disk check
 
 
 def file_hash(path: str | os.PathLike[str], hash_type: str = "md5") -> str:
@@ -110,8 +116,6 @@ def msd_source(task: str) -> tuple[str, str]:
 
 def kits19_checksums(timeout: float = 30.0) -> dict[str, str]:
     """``{"case_00000.nii.gz": sha256, ...}`` for the KiTS19 imaging; ``{}`` if the listing is unavailable."""
-    import json
-
     sums: dict[str, str] = {}
     url: str | None = KITS19_IMAGING_TREE
     for _ in range(20):  # the listing is paginated through "Link: <...>; rel=next" headers
@@ -129,6 +133,38 @@ def kits19_checksums(timeout: float = 30.0) -> dict[str, str]:
                 sums[Path(str(item.get("path"))).name] = lfs["oid"]
         url = link.group(1) if link else None
     return sums
+
+
+def download_kits19(folder: str | os.PathLike[str], cases: Sequence[int], progress: bool = True) -> Path:
+    """Fetch ``case_XXXXX/{segmentation,imaging}.nii.gz`` into ``folder`` (the kits19 ``data/`` layout).
+
+    Segmentations (cases < 210) come from the repository, imaging from its Hugging Face dataset with
+    the listed SHA-256 (or, if the listing is unreachable, checked for length and gzip format only).
+    """
+    from tqdm.auto import tqdm
+
+    folder = Path(folder).expanduser()
+    todo = [c for c in cases if not (folder / f"case_{c:05d}" / "imaging.nii.gz").is_file()]
+    ensure_disk_space(folder, 2 * len(todo) * KITS19_IMAGE_BYTES, f"{len(todo)} KiTS19 images (~110 MB each) + conversion")
+    sums = kits19_checksums() if todo else {}
+    if todo and not sums:
+        print("tdseg prepare: note: the KiTS19 checksum listing is unreachable; checking length and format only")
+    manual = ("on a machine with internet run `git clone https://github.com/neheller/kits19 && cd kits19 && "
+              "python -m starter_code.get_imaging`, copy the clone here and pass --src /path/to/kits19")
+    for case in tqdm(list(cases), desc="download KiTS19", unit="case", disable=not progress):
+        where = folder / f"case_{case:05d}"
+        if case in KITS19_LABELLED:
+            download_file(KITS19_SEGMENTATION_URL.format(case=case), where / "segmentation.nii.gz",
+                          progress=False, manual=manual)
+        image = download_file([u.format(case=case) for u in KITS19_IMAGING_URLS], where / "imaging.nii.gz",
+                              hash_val=sums.get(f"case_{case:05d}.nii.gz"), hash_type="sha256",
+                              progress=progress, manual=manual)
+        with open(image, "rb") as handle:
+            if handle.read(2) != b"\x1f\x8b":
+                image.unlink()
+                raise UserInputError(f"{image}: must be a gzip NIfTI, got another kind of file (an error page?); "
+                                     "it was deleted, run the command again")
+    return folder
 
 
 def _request(url: str, offset: int, timeout: float):  # -> http.client.HTTPResponse
@@ -313,8 +349,8 @@ def _zip_plan(archive: Path, target: Path) -> list[tuple[zipfile.ZipInfo, Path]]
     with zipfile.ZipFile(archive) as zf:
         for info in zf.infolist():
             path = safe_member_path(info.filename, target, archive)
-            mode = info.external_attr >> 16
-            if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            kind = stat.S_IFMT(info.external_attr >> 16)  # Unix file type, 0 when not recorded
+            if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
                 raise UserInputError(f"{archive}: member {info.filename!r} must be a regular file or folder, got "
                                      "a link or special file; refusing to extract anything")
             if path is not None and not info.is_dir() and not is_junk(info.filename):
@@ -342,23 +378,20 @@ def extract_archive(archive: str | os.PathLike[str], target: str | os.PathLike[s
 
     archive, target = Path(archive).expanduser(), Path(target).expanduser()
     target.mkdir(parents=True, exist_ok=True)
-    if zipfile.is_zipfile(archive):
-        plan, opener = _zip_plan(archive, target), zipfile.ZipFile
-        size_of, open_member = (lambda m: m.file_size), (lambda h, m: h.open(m))
-    elif tarfile.is_tarfile(archive):
-        plan, opener = _tar_plan(archive, target), (lambda p: tarfile.open(p, "r:*"))
-        size_of, open_member = (lambda m: m.size), (lambda h, m: h.extractfile(m))
-    else:
+    is_zip = zipfile.is_zipfile(archive)
+    if not is_zip and not tarfile.is_tarfile(archive):
         raise UserInputError(f"{archive}: must be a .tar or .zip archive, got a file that is neither; download it "
                              "again (an interrupted download is not an archive) or pass the extracted folder")
-    total = sum(size_of(m) for m, _ in plan)
+    plan = _zip_plan(archive, target) if is_zip else _tar_plan(archive, target)
+    total = sum(m.file_size if is_zip else m.size for m, _ in plan)
     ensure_disk_space(target, total, f"extracting {archive.name} ({total / _GB:.2f} GB)")
-    with opener(archive) as handle, tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                                         desc=f"extract {archive.name}", disable=not progress) as bar:
+    with (zipfile.ZipFile(archive) if is_zip else tarfile.open(archive, "r:*")) as handle, \
+            tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"extract {archive.name}",
+                 disable=not progress) as bar:
         for member, path in plan:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".part")
-            with open_member(handle, member) as src, open(tmp, "wb") as out:
+            with (handle.open(member) if is_zip else handle.extractfile(member)) as src, open(tmp, "wb") as out:
                 for block in iter(lambda: src.read(CHUNK), b""):
                     out.write(block)
                     bar.update(len(block))

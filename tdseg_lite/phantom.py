@@ -22,8 +22,8 @@ Explained in ``notebooks/00_setup_and_data.ipynb``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import numbers
 import sys
 import time
 from collections.abc import Iterable
@@ -35,7 +35,8 @@ import numpy as np
 
 from tdseg_lite.config import ConfigError, config_to_dict
 from tdseg_lite.errors import UserInputError
-from tdseg_lite.phantom_anatomy import HU_RANGES, ORGANS, TISSUES, TEXTURE_HU, Grid, smooth_field
+from tdseg_lite.phantom_anatomy import HU_RANGES, TISSUES
+from tdseg_lite.phantom_scan import AXIS, LABEL_SETS, hu_statistics
 from tdseg_lite.utils import atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -45,19 +46,10 @@ __all__ = [
 
 PHANTOM_VERSION = "1"
 TASKS: tuple[str, ...] = ("kidney", "pancreas", "multiorgan")
-#: task -> label id -> name. kidney: KiTS19; pancreas: MSD Task07; multiorgan: BTCV names,
-#: the organs the phantom models, renumbered 1..9 in BTCV order (BTCV ids 1,2,3,4,6,7,8,9,11).
-LABEL_SETS: dict[str, dict[int, str]] = {
-    "kidney": {0: "background", 1: "kidney", 2: "tumor"},
-    "pancreas": {0: "background", 1: "pancreas", 2: "cancer"},
-    "multiorgan": {0: "background", 1: "spleen", 2: "right kidney", 3: "left kidney", 4: "gallbladder",
-                   5: "liver", 6: "stomach", 7: "aorta", 8: "inferior vena cava", 9: "pancreas"},
-}
 DEFAULT_TUMOUR_FRACTION: dict[str, float] = {"kidney": 0.5, "pancreas": 0.5, "multiorgan": 0.0}
 _MARKER = ".tdseg_phantom_in_progress.json"
 _FLAGS = {"task": "--task", "num_cases": "--cases", "seed": "--seed", "tumour_fraction": "--tumour-fraction",
           "orientation": "--orientation"}
-_AXIS = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
 
 
 def _bad(name: str, rule: str, value: Any, fix: str) -> ConfigError:
@@ -66,10 +58,20 @@ def _bad(name: str, rule: str, value: Any, fix: str) -> ConfigError:
 
 
 def _check_orientation(code: Any) -> None:
-    ok = isinstance(code, str) and len(code) == 3 and all(c in _AXIS for c in code)
-    if not ok or len({_AXIS[c][0] for c in code}) != 3:
+    ok = isinstance(code, str) and len(code) == 3 and all(c in AXIS for c in code)
+    if not ok or len({AXIS[c][0] for c in code}) != 3:
         raise _bad("orientation", "must be 3 letters, one of R/L, one of A/P and one of S/I", code,
                    "Use e.g. 'RAS' (default), 'LPS' or 'IPL'.")
+
+
+def _as_tuple(value: Any, integral: bool) -> Any:
+    """Lists (from JSON) and numpy numbers -> a tuple of int/float; anything else is left to the checks."""
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        return value
+    kind = numbers.Integral if integral else numbers.Real
+    if all(isinstance(x, kind) and not isinstance(x, bool) for x in value):
+        return tuple(int(x) if integral else float(x) for x in value)
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,8 @@ class PhantomConfig:
     orientation: str = "RAS"                               # array axis directions (aff2axcodes letters)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", _as_tuple(self.shape, integral=True))
+        object.__setattr__(self, "spacing", _as_tuple(self.spacing, integral=False))
         if self.task not in TASKS:
             raise _bad("task", f"must be one of {', '.join(TASKS)}", self.task, "Use e.g. --task kidney.")
         for name, lo, hi in (("num_cases", 1, 100_000), ("seed", 0, 2**63 - 1)):
@@ -148,83 +152,6 @@ class PhantomCase:
     findings: list[dict[str, Any]]
 
 
-def _case_grid(cfg: PhantomConfig, rng: np.random.Generator) -> Grid:
-    """The case's canonical grid: ``cfg.shape`` at ``cfg.spacing``, or an anisotropic variant."""
-    if not cfg.anisotropic:
-        return Grid.centred(cfg.shape, cfg.spacing)
-    f_xy, f_z = rng.uniform(0.8, 1.15), rng.uniform(1.4, 2.0)
-    spacing = (cfg.spacing[0] * f_xy, cfg.spacing[1] * f_xy, cfg.spacing[2] * f_z)
-    shape = tuple(max(16, int(round(n * s / t))) for n, s, t in zip(cfg.shape, cfg.spacing, spacing))
-    return Grid.centred(shape, spacing)
-
-
-def _reorient(arr: np.ndarray, code: str) -> np.ndarray:
-    """Canonical RAS array -> array whose axes grow toward the letters of ``code``."""
-    out = np.transpose(arr, [_AXIS[c][0] for c in code])
-    for k, c in enumerate(code):
-        if _AXIS[c][1] < 0:
-            out = np.flip(out, axis=k)
-    return np.ascontiguousarray(out)
-
-
-def _affine(grid: Grid, code: str) -> np.ndarray:
-    """(4, 4) affine of ``_reorient(canonical, code)``: voxel index -> RAS+ mm."""
-    axes, aff = (grid.xs, grid.ys, grid.zs), np.eye(4)
-    aff[:3, 3] = [float(a[0]) for a in axes]
-    for k, c in enumerate(code):
-        w, sign = _AXIS[c]
-        aff[:3, k] = 0.0
-        aff[w, k] = sign * grid.spacing[w]
-        if sign < 0:
-            aff[w, 3] = float(axes[w][-1])
-    return aff
-
-
-def _render(anat: Any, tumours: dict[int, str], rng: np.random.Generator, cfg: PhantomConfig) -> np.ndarray:
-    """HU image (X, Y, Z) float32: tissue means + texture, per-tumour means, blur, correlated noise."""
-    from scipy import ndimage
-
-    from tdseg_lite.phantom_anatomy import T
-
-    cv, grid = anat.canvas, anat.canvas.grid
-    base = np.array([rng.uniform(lo + (hi - lo) / 4, hi - (hi - lo) / 4) for lo, hi in HU_RANGES.values()])
-    base[T["air"]], base[T["bowel gas"]] = -1000.0, rng.uniform(-1000.0, -960.0)
-    tex = np.array([TEXTURE_HU.get(name, 0.0) for name in TISSUES], np.float32)
-    img = base.astype(np.float32)[cv.tissue] + tex[cv.tissue] * smooth_field(rng, grid, 7.0)
-    offset = np.zeros(256, np.float32)
-    for tid, host in sorted(tumours.items()):
-        tissue = "pancreas tumour" if host == "pancreas" else "kidney tumour"
-        lo, hi = HU_RANGES[tissue]
-        offset[tid] = rng.uniform(lo + (hi - lo) / 8, hi - (hi - lo) / 8) - base[T[tissue]]
-    lesion = np.isin(cv.tissue, (T["kidney tumour"], T["pancreas tumour"]))
-    img[lesion] += offset[cv.organ[lesion]]
-    if cfg.blur_mm > 0:
-        img = ndimage.gaussian_filter(img, [cfg.blur_mm / s for s in grid.spacing], mode="nearest", truncate=3.0)
-    noise = ndimage.gaussian_filter(rng.standard_normal(grid.shape, dtype=np.float32), 0.6, truncate=3.0)
-    k = np.exp(-0.5 * (np.arange(-2, 3) / 0.6) ** 2)
-    gain = cfg.noise_hu * rng.uniform(0.85, 1.15) / float(np.sqrt(((k / k.sum()) ** 2).sum()) ** 3)
-    return np.clip(img + np.float32(gain) * noise, -1024.0, 3071.0).astype(np.float32)
-
-
-def _labels(organ: np.ndarray, tumours: dict[int, str], task: str) -> np.ndarray:
-    """Organ map -> label map of ``LABEL_SETS[task]`` (BTCV: tumours belong to their organ)."""
-    lut = np.zeros(256, np.uint8)
-    ids = {name: i for i, name in enumerate(ORGANS)}
-    if task == "multiorgan":
-        for label, name in LABEL_SETS[task].items():
-            if name in ids and label:
-                lut[ids[name]] = label
-        for tid, host in tumours.items():
-            lut[tid] = lut[ids[host]]
-        return lut[organ]
-    hosts = ("right kidney", "left kidney") if task == "kidney" else ("pancreas",)
-    for name in hosts:
-        lut[ids[name]] = 1
-    for tid, host in tumours.items():
-        lut[tid] = 2 if host in hosts else lut[ids[host]]
-    return lut[organ]
-
-
 def generate_case(cfg: PhantomConfig, index: int) -> PhantomCase:
     """Generate case ``index`` of ``cfg`` (depends only on ``cfg`` and ``index``).
 
@@ -233,19 +160,25 @@ def generate_case(cfg: PhantomConfig, index: int) -> PhantomCase:
     """
     from tdseg_lite.phantom_findings import add_tumours, describe, measure_findings
     from tdseg_lite.phantom_organs import build_anatomy
+    from tdseg_lite.phantom_scan import (
+        affine_for,
+        case_grid,
+        label_map,
+        render,
+        reorient,
+    )
 
     geo, body, lesion, scan = (np.random.default_rng(s) for s in np.random.SeedSequence([cfg.seed, index]).spawn(4))
-    grid = _case_grid(cfg, geo)
+    grid = case_grid(cfg.shape, cfg.spacing, cfg.anisotropic, geo)
     anat = build_anatomy(grid, body)
     tumours = add_tumours(anat, lesion, cfg.task, cfg.fraction)
     findings = measure_findings(anat, tumours, cfg.task)
-    image = _render(anat, tumours, scan, cfg)
-    label = _labels(anat.canvas.organ, tumours, cfg.task)
-    code = cfg.orientation
+    cv, code = anat.canvas, cfg.orientation
+    image = render(cv.tissue, cv.organ, grid, tumours, scan, cfg.noise_hu, cfg.blur_mm)
     return PhantomCase(
-        name=f"phantom_{cfg.task}_{index:04d}", task=cfg.task, image=_reorient(image, code),
-        label=_reorient(label, code), tissue=_reorient(anat.canvas.tissue, code), affine=_affine(grid, code),
-        description=describe(findings, cfg.task), findings=findings,
+        name=f"phantom_{cfg.task}_{index:04d}", task=cfg.task, image=reorient(image, code),
+        label=reorient(label_map(cv.organ, tumours, cfg.task), code), tissue=reorient(cv.tissue, code),
+        affine=affine_for(grid, code), description=describe(findings, cfg.task), findings=findings,
     )
 
 
@@ -284,13 +217,13 @@ def _check_target(out: Path, arg: str) -> None:
     """Refuse a file, or a non-empty folder that is not (an interrupted run of) a phantom dataset."""
     if out.exists() and not out.is_dir():
         raise UserInputError(f"`{arg}` must be a folder, got the file {str(out)!r}. Pass a new folder path.")
-    if out.is_dir() and any(out.iterdir()):
-        if "tdseg_phantom" not in _read_json(out / "dataset.json") and not (out / _MARKER).exists():
-            raise UserInputError(
-                f"`{arg}` must be a new or empty folder or an existing phantom dataset, got {str(out)!r}, which "
-                "holds other files (no dataset.json with a 'tdseg_phantom' block). Pass another folder, "
-                "or empty this one."
-            )
+    ours = "tdseg_phantom" in _read_json(out / "dataset.json") or (out / _MARKER).exists()
+    if out.is_dir() and not ours and any(out.iterdir()):
+        raise UserInputError(
+            f"`{arg}` must be a new or empty folder or an existing phantom dataset, got {str(out)!r}, which "
+            "holds other files (no dataset.json with a 'tdseg_phantom' block). Pass another folder, "
+            "or empty this one."
+        )
 
 
 def _cases(out: Path, cfg: PhantomConfig, workers: int) -> Iterable[dict[str, Any]]:
@@ -370,47 +303,6 @@ def ensure_phantom(out_dir: str | Path, cfg: PhantomConfig | None = None, *, wor
         if len(files) == 2 * cfg.num_cases and all(f.is_file() for f in files):
             return out
     return generate_phantom(out, cfg, workers=workers)
-
-
-def _core(tissue: np.ndarray) -> np.ndarray:
-    """Voxels whose 6 neighbours have the same tissue (away from partial-volume edges)."""
-    core = np.zeros(tissue.shape, bool)
-    core[1:-1, 1:-1, 1:-1] = True
-    for ax in range(3):
-        t, c = np.moveaxis(tissue, ax, 0), np.moveaxis(core, ax, 0)
-        c[1:] &= t[1:] == t[:-1]
-        c[:-1] &= t[:-1] == t[1:]
-    return core
-
-
-def hu_statistics(cases: Iterable[PhantomCase], by: str = "tissue", core: bool = True) -> dict[str, dict[str, Any]]:
-    """Pooled HU mean / SD per tissue (``by="tissue"``) or per label name (``by="label"``).
-
-    Args:
-        cases: generated cases (e.g. ``[generate_case(cfg, i) for i in range(4)]``).
-        by: "tissue" (``TISSUES``, with the ``HU_RANGES`` they should fall in) or "label".
-        core: tissue statistics only on voxels away from tissue boundaries.
-
-    Returns:
-        name -> {"mean", "std", "voxels", "expected"} (expected is (lo, hi) or None).
-    """
-    n = 256
-    acc = np.zeros((3, n))
-    names: dict[int, str] = {}
-    for case in cases:
-        keys = case.tissue if by == "tissue" else case.label
-        names = dict(enumerate(TISSUES)) if by == "tissue" else LABEL_SETS[case.task]
-        m = _core(case.tissue) if core and by == "tissue" else np.ones(keys.shape, bool)
-        k, v = keys[m].astype(np.int64), case.image[m].astype(np.float64)
-        acc += [np.bincount(k, minlength=n), np.bincount(k, v, minlength=n), np.bincount(k, v * v, minlength=n)]
-    out = {}
-    for i, name in names.items():
-        cnt, s, s2 = acc[:, i]
-        if cnt:
-            mean = s / cnt
-            out[name] = {"mean": round(float(mean), 1), "std": round(float(np.sqrt(max(s2 / cnt - mean**2, 0))), 1),
-                         "voxels": int(cnt), "expected": HU_RANGES.get(name) if by == "tissue" else None}
-    return out
 
 
 def add_cli_arguments(parser: Any) -> None:

@@ -23,7 +23,14 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from tdseg_lite.phantom_anatomy import O, T, TUMOUR_ID0, Ellipsoid, RadialPerturbation, frame
+from tdseg_lite.phantom_anatomy import (
+    TUMOUR_ID0,
+    Ellipsoid,
+    O,
+    RadialPerturbation,
+    T,
+    frame,
+)
 from tdseg_lite.phantom_organs import Anatomy
 
 __all__ = ["add_tumours", "describe", "measure_findings"]

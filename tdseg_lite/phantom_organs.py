@@ -17,7 +17,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tdseg_lite.phantom_anatomy import O, T, Canvas, Ellipsoid, Grid, RadialPerturbation, frame, smooth_field
+from tdseg_lite.phantom_anatomy import (
+    Canvas,
+    Ellipsoid,
+    Grid,
+    O,
+    RadialPerturbation,
+    T,
+    frame,
+    smooth_field,
+)
 
 __all__ = ["Anatomy", "build_anatomy"]
 
@@ -56,7 +65,7 @@ def _landmarks(rng: np.random.Generator, grid: Grid) -> dict[str, float]:
     cy = (b_post + back - b_ant) / 2 + _u(rng, -4, 4)  # centres the body front-to-back
     return {
         "a_in": a_in, "b_ant": b_ant, "b_post": b_post, "wall": wall, "back": back, "fat": fat,
-        "cx": _u(rng, -6, 6), "cy": cy, "cz": _u(rng, -12, 12), "y_vb": cy - b_post + _u(rng, 20, 26),
+        "cx": _u(rng, -6, 6), "cy": cy, "cz": _u(rng, -10, 10), "y_vb": cy - b_post + _u(rng, 20, 26),
         "rx_vb": _u(rng, 20, 24), "ry_vb": _u(rng, 16, 19),
     }
 
@@ -262,7 +271,7 @@ def _paint_pancreas(cv: Canvas, rng: np.random.Generator, L: dict[str, float], a
 def _paint_kidneys(cv: Canvas, rng: np.random.Generator, L: dict[str, float], anat: Anatomy) -> None:
     """Kidneys: cortex, medullary pyramids, sinus fat, pelvis; hilum facing antero-medially."""
     scale = _u(rng, 0.88, 1.1)
-    for name, side, z in (("right kidney", RIGHT, -30.0), ("left kidney", LEFT, -14.0)):
+    for name, side, z in (("right kidney", RIGHT, -20.0), ("left kidney", LEFT, -6.0)):
         tilt, turn = np.radians(_u(rng, 6, 16)), np.radians(_u(rng, 20, 40))
         long_axis = (-side * np.sin(tilt), -np.sin(np.radians(_u(rng, 4, 14))), np.cos(tilt))
         medial = (-side * np.cos(turn), np.sin(turn), 0.0)
@@ -272,6 +281,9 @@ def _paint_kidneys(cv: Canvas, rng: np.random.Generator, L: dict[str, float], an
         kid = _organ(rng, centre, (27, 21, 55), 4, scale, long_axis=long_axis, toward=medial, amp=0.06)
         anat.kidneys[name] = kid
         box = cv.box(kid.centre, kid.scaled(1.35).extent)
+        if box is None:
+            anat.kidney_masks[name] = np.zeros(cv.grid.shape, bool)
+            continue
         cv.paint(box, kid.scaled(1.35).rho(cv, box) < 1, T["fat"], cavity=True, free=True)
         v, rho = kid.local(cv, box), kid.rho(cv, box)
         notch = ((v[0] - 0.95) / 0.5) ** 2 + (v[1] / 0.45) ** 2 + (v[2] / 0.42) ** 2 < 1

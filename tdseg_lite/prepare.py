@@ -26,25 +26,25 @@ import argparse
 import json
 import os
 import re
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tdseg_lite import download as dl
 from tdseg_lite.errors import UserInputError
-from tdseg_lite.prepare_volumes import (convert_case, describe_kits19, describe_lesions, describe_organs, label_array,
-                                        load_volume)
+from tdseg_lite.prepare_volumes import (
+    describe_kits19,
+    describe_lesions,
+    describe_organs,
+    write_case,
+    write_test_case,
+)
 from tdseg_lite.utils import atomic_write_text
 
 __all__ = ["add_cli_arguments", "cli_main", "prepare_btcv", "prepare_kits19", "prepare_msd"]
 
 #: KiTS19 labels (README "Loading Data": 0 background, 1 kidney, 2 tumor).
 KITS19_LABELS = {"0": "background", "1": "kidney", "2": "tumor"}
-KITS19_LABELLED = range(0, 210)  # cases 210-299: imaging only (the challenge test set)
-KITS19_IMAGE_BYTES = 110_000_000  # rough mean size of one KiTS19 imaging file, for the up-front disk check
 #: BTCV labels 0-13 (Synapse syn3193805, "Multi-Atlas Labeling Beyond the Cranial Vault").
 BTCV_LABELS = {str(i): name for i, name in enumerate((
     "background", "spleen", "right kidney", "left kidney", "gallbladder", "esophagus", "liver", "stomach", "aorta",
@@ -101,55 +101,6 @@ def _progress(items: list[Any], desc: str, progress: bool) -> Any:
     return tqdm(items, desc=desc, unit="case", disable=not progress)
 
 
-def _link(src: Path, dst: Path) -> None:
-    """Hard-link ``src`` to ``dst`` (no extra disk), or copy where links are impossible."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.unlink(missing_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def _linkable(image: Path, label: Path | None) -> bool:
-    """True when the files can be used as they are: 3D, and the label on the image's grid."""
-    from tdseg_lite.validate import AFFINE_ATOL, AFFINE_RTOL
-
-    img = load_volume(image, "image")
-    if len(img.dataobj.shape) != 3:
-        return False
-    if label is None:
-        return True
-    lab = load_volume(label, "label")
-    return lab.shape == img.shape and np.allclose(lab.affine, img.affine, rtol=AFFINE_RTOL, atol=AFFINE_ATOL)
-
-
-def _case(image: Path, label: Path, out: Path, name: str, spacing: Sequence[float] | None, overwrite: bool,
-          link: bool = False) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """Write one training case (resume: reuse finished outputs); returns ``(image or None, label, affine)``."""
-    img_out, lab_out = out / "imagesTr" / name, out / "labelsTr" / name
-    if img_out.is_file() and lab_out.is_file() and not overwrite:
-        lab = load_volume(lab_out, "label")
-        return np.asanyarray(load_volume(img_out, "image").dataobj), label_array(lab, lab_out), lab.affine
-    if link and spacing is None and _linkable(image, label):
-        _link(image, img_out)
-        _link(label, lab_out)
-        lab = load_volume(label, "label")
-        return None, label_array(lab, label), lab.affine
-    return convert_case(image, label, img_out, lab_out, spacing)  # type: ignore[return-value]
-
-
-def _test_case(image: Path, out: Path, name: str, spacing: Sequence[float] | None, overwrite: bool,
-               link: bool = False) -> str:
-    dst = out / "imagesTs" / name
-    if overwrite or not dst.is_file():
-        if link and spacing is None and _linkable(image, None):
-            _link(image, dst)
-        else:
-            convert_case(image, None, dst, None, spacing)
-    return f"./imagesTs/{name}"
-
-
 # ----------------------------------------------------------------------------- KiTS19
 def _parse_cases(spec: str | None) -> set[int] | None:
     """``"0-9,250"`` -> ``{0, ..., 9, 250}``; ``None`` -> ``None`` (all)."""
@@ -162,31 +113,6 @@ def _parse_cases(spec: str | None) -> set[int] | None:
             raise UserInputError(f"`--cases` must be ids or ranges like 0-209,250, got {spec!r}. Pass e.g. --cases 0-9.")
         ids.update(range(int(match.group(1)), int(match.group(2) or match.group(1)) + 1))
     return ids
-
-
-def _kits_download(folder: Path, ids: list[int], progress: bool) -> Path:
-    """Fetch ``case_XXXXX/{segmentation,imaging}.nii.gz`` into ``folder`` (the kits19 ``data/`` layout)."""
-    todo = [c for c in ids if not (folder / f"case_{c:05d}" / "imaging.nii.gz").is_file()]
-    dl.ensure_disk_space(folder, 2 * len(todo) * KITS19_IMAGE_BYTES, f"{len(todo)} KiTS19 images (~110 MB each) + conversion")
-    sums = dl.kits19_checksums() if todo else {}
-    if todo and not sums:
-        print("tdseg prepare: note: the KiTS19 checksum listing is unreachable; checking length and format only")
-    manual = ("on a machine with internet run `git clone https://github.com/neheller/kits19 && cd kits19 && "
-              "python -m starter_code.get_imaging`, copy the clone here and pass --src /path/to/kits19")
-    for case in _progress(ids, "download KiTS19", progress):
-        where = folder / f"case_{case:05d}"
-        if case in KITS19_LABELLED:
-            dl.download_file(dl.KITS19_SEGMENTATION_URL.format(case=case), where / "segmentation.nii.gz",
-                             progress=False, manual=manual)
-        image = dl.download_file([u.format(case=case) for u in dl.KITS19_IMAGING_URLS], where / "imaging.nii.gz",
-                                 hash_val=sums.get(f"case_{case:05d}.nii.gz"), hash_type="sha256",
-                                 progress=progress, manual=manual)
-        with open(image, "rb") as handle:
-            if handle.read(2) != b"\x1f\x8b":
-                image.unlink()
-                raise UserInputError(f"{image}: must be a gzip NIfTI, got another kind of file (an error page?); "
-                                     "it was deleted, run the command again")
-    return folder
 
 
 def _kits_root(src: Path) -> Path:
@@ -225,7 +151,7 @@ def prepare_kits19(out: str | os.PathLike[str], src: str | os.PathLike[str] | No
     wanted = _parse_cases(cases)
     if src is None:
         folder = Path(download_dir or out.parent / "downloads" / "kits19").expanduser()
-        root = _kits_download(folder, sorted(wanted if wanted is not None else KITS19_LABELLED), progress)
+        root = dl.download_kits19(folder, sorted(wanted if wanted is not None else dl.KITS19_LABELLED), progress)
     else:
         root = _kits_root(Path(src).expanduser())
     folders = sorted(p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"case_\d{5}", p.name)
@@ -240,11 +166,226 @@ def prepare_kits19(out: str | os.PathLike[str], src: str | os.PathLike[str] | No
                                  "or omit --src to let tdseg download both")
         if seg.is_file() and (max_cases is None or len(training) < max_cases):
             _check_segmentation(seg)
-            img, lab, affine = _case(image, seg, out, name, spacing, overwrite)
+            img, lab, affine = write_case(image, seg, out, name, spacing, overwrite, need_image=True)
             training.append(_entry(name, describe_kits19(lab, affine, img)))
         elif not seg.is_file() and (max_cases is None or len(test) < max_cases):
-            test.append(_test_case(image, out, name, spacing, overwrite))
+            test.append(write_test_case(image, out, name, spacing, overwrite))
     meta = {"name": "kits19", "description": "KiTS19 kidney and kidney tumour segmentation in contrast-enhanced CT",
             "reference": "https://kits19.grand-challenge.org, https://github.com/neheller/kits19",
             "licence": "CC BY-NC-SA 4.0", "labels": KITS19_LABELS}
     return _finish(out, meta, training, test)
+
+
+# ----------------------------------------------------------------------------- MSD
+def resolve_msd_task(task: str) -> str:
+    """``"pancreas"``, ``"07"``, ``"task07"`` or ``"Task07_Pancreas"`` -> ``"Task07_Pancreas"``."""
+    key = str(task).strip().lower()
+    for name in MSD_TASKS:
+        number = name[4:6]
+        if key in (name.lower(), name[7:].lower(), number, str(int(number)), f"task{number}"):
+            return name
+    raise UserInputError(f"`--task` must be one of {', '.join(MSD_TASKS)} (or pancreas, liver, spleen, colon), got "
+                         f"{task!r}. The other MSD tasks (MRI, lung, hepatic vessel) are not set up for tdseg prepare.")
+
+
+def _msd_archive_folder(task: str, archive: Path, target: Path, progress: bool) -> Path:
+    """Extract ``archive`` into ``target`` once (a marker file records a finished extraction)."""
+    marker = target / f".{archive.name}.extracted"
+    if not (marker.is_file() and (target / task / "dataset.json").is_file()):
+        dl.extract_archive(archive, target, progress=progress)
+        marker.write_text("extracted\n", encoding="utf-8")
+    if not (target / task / "dataset.json").is_file():
+        raise UserInputError(f"{archive}: must contain {task}/dataset.json, got an archive without it; pass the "
+                             f"official {task}.tar")
+    return target / task
+
+
+def _msd_folder(task: str, src: Path | None, download_dir: Path, verify: bool, progress: bool) -> Path:
+    """The extracted ``TaskXX_Name`` folder: from ``src`` (folder or archive) or downloaded."""
+    if src is None:
+        url, md5 = dl.msd_source(task)
+        if (download_dir / f".{task}.tar.extracted").is_file() and (download_dir / task / "dataset.json").is_file():
+            return download_dir / task
+        archive = dl.download_file(url, download_dir / f"{task}.tar", hash_val=md5, hash_type="md5", progress=progress,
+                                   space_factor=2.0, manual=f"download it on a machine with internet and pass "
+                                                            f"--src /path/to/{task}.tar")
+        return _msd_archive_folder(task, archive, download_dir, progress)
+    if src.is_dir():
+        for folder in (src, src / task):
+            if (folder / "dataset.json").is_file():
+                return folder
+        raise UserInputError(f"`--src` must be the {task} folder holding dataset.json, imagesTr/ and labelsTr/ (or "
+                             f"{task}.tar), got {src} without dataset.json; pass the extracted folder or the archive")
+    if not src.is_file():
+        raise UserInputError(f"`--src` must be {task}.tar or its extracted folder, got a missing path {src}; "
+                             f"download {dl.msd_source(task)[0]} and pass its path, or omit --src to download it")
+    if verify:
+        expected, got = dl.msd_source(task)[1], dl.file_hash(src, "md5")
+        if got != expected:
+            raise UserInputError(f"{src}: md5 must be {expected} (MONAI's {task}.tar), got {got}; the archive is "
+                                 "corrupt or another release: download it again, or pass --skip-checksum to trust it")
+    return _msd_archive_folder(task, src, download_dir, progress)
+
+
+def prepare_msd(task: str, out: str | os.PathLike[str], src: str | os.PathLike[str] | None = None, *,
+                download_dir: str | os.PathLike[str] | None = None, spacing: Sequence[float] | None = None,
+                max_cases: int | None = None, verify: bool = True, overwrite: bool = False,
+                progress: bool = True) -> Path:
+    """An MSD CT task -> ``out`` with its labels, ``name`` ``msd_taskXX_<organ>`` and per-case descriptions.
+
+    Args:
+        task: ``Task07_Pancreas``, ``Task03_Liver``, ``Task10_Colon``, ``Task09_Spleen`` (or the organ).
+        out: output dataset folder.
+        src: ``TaskXX_Name.tar`` or its extracted folder; ``None`` downloads from MONAI's mirror.
+        download_dir: where archives are stored and extracted (default ``out/../downloads``).
+        spacing: resample (mm, R-A-S); ``None`` hard-links the files as they are.
+        max_cases: at most this many training and test cases.
+        verify: check a ``src`` archive's MD5 against MONAI's (downloads are always checked).
+        overwrite: convert into an ``out`` holding other files or other settings.
+        progress: ``tqdm.auto`` progress bars.
+    """
+    task = resolve_msd_task(task)
+    out = _start(out, {"dataset": "msd", "task": task, "spacing": spacing}, overwrite)
+    target = Path(download_dir or out.parent / "downloads").expanduser()
+    folder = _msd_folder(task, None if src is None else Path(src).expanduser(), target, verify, progress)
+    try:
+        meta = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+        entries = [e for e in meta["training"] if not dl.is_junk(e["image"])][:max_cases]
+        tests = [t if isinstance(t, str) else t["image"] for t in meta.get("test", [])]
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserInputError(f"{folder / 'dataset.json'}: must follow the MSD schema ({{\"labels\", \"training\": "
+                             f"[{{\"image\", \"label\"}}], \"test\"}}), got {type(err).__name__}: {err}; extract "
+                             "the official archive again") from None
+    key, organ, organ_label, lesion_label = MSD_TASKS[task]
+    training = []
+    for entry in _progress(entries, task, progress):
+        name = Path(entry["image"]).name
+        _, label, affine = write_case(folder / entry["image"], folder / entry["label"], out, name, spacing, overwrite, link=True)
+        training.append(_entry(name, describe_lesions(label, affine, organ, organ_label, lesion_label)))
+    test = [write_test_case(folder / t, out, Path(t).name, spacing, overwrite, link=True)
+            for t in [t for t in tests if not dl.is_junk(t)][:max_cases]]
+    base = {k: v for k, v in meta.items() if k not in ("training", "test", "numTraining", "numTest")}
+    return _finish(out, {**base, "name": key, "msd_name": meta.get("name", task)}, training, test)
+
+
+# ----------------------------------------------------------------------------- BTCV
+def _btcv_root(src: str | os.PathLike[str] | None, download_dir: Path | None, progress: bool) -> Path:
+    """The ``RawData`` folder (holding ``Training/img``) from ``src``: that folder, a parent, or ``RawData.zip``."""
+    if src is None or not Path(src).expanduser().exists():
+        raise UserInputError(f"`--src` must be the BTCV RawData folder or RawData.zip, got "
+                             f"{'nothing' if src is None else f'a missing path {src}'}; {BTCV_HELP}")
+    path = Path(src).expanduser()
+    if path.is_file():
+        target = download_dir or path.with_name(f"{path.name.split('.')[0]}_extracted")
+        marker = target / f".{path.name}.extracted"
+        if not marker.is_file():
+            dl.extract_archive(path, target, progress=progress)
+            marker.write_text("extracted\n", encoding="utf-8")
+        path = target
+    for folder in (path, path / "RawData", *sorted(path.glob("*/RawData")), *sorted(path.glob("*/*/RawData"))):
+        if (folder / "Training" / "img").is_dir():
+            return folder
+    raise UserInputError(f"`--src` must hold Training/img/img0001.nii.gz and Training/label/label0001.nii.gz, got "
+                         f"{src} without a Training/img folder; {BTCV_HELP}")
+
+
+def _nifti_files(folder: Path, prefix: str) -> list[Path]:
+    return sorted(p for p in folder.glob(f"{prefix}*.nii*") if not dl.is_junk(p.name)) if folder.is_dir() else []
+
+
+def prepare_btcv(out: str | os.PathLike[str], src: str | os.PathLike[str] | None = None, *,
+                 download_dir: str | os.PathLike[str] | None = None, spacing: Sequence[float] | None = None,
+                 max_cases: int | None = None, overwrite: bool = False, progress: bool = True) -> Path:
+    """BTCV ``RawData`` -> ``out`` (``btcv``: 13 organs); ``Testing/img`` -> ``imagesTs``.
+
+    Args:
+        out: output dataset folder.
+        src: ``RawData.zip`` from Synapse or the unzipped folder (no public download exists).
+        download_dir: where ``RawData.zip`` is extracted (default: next to it).
+        spacing: resample (mm, R-A-S); ``None`` keeps the native grid (reoriented to RAS).
+        max_cases: at most this many training and test cases.
+        overwrite: convert into an ``out`` holding other files or other settings.
+        progress: ``tqdm.auto`` progress bars.
+    """
+    out = _start(out, {"dataset": "btcv", "spacing": spacing}, overwrite)
+    root = _btcv_root(src, None if download_dir is None else Path(download_dir).expanduser(), progress)
+    training = []
+    for image in _progress(_nifti_files(root / "Training" / "img", "img")[:max_cases], "BTCV", progress):
+        label = root / "Training" / "label" / image.name.replace("img", "label", 1)
+        if not label.is_file():
+            raise UserInputError(f"{label}: label of {image.name} is missing, got no file; restore the RawData "
+                                 "folder from RawData.zip (Training/label/labelNNNN.nii.gz)")
+        name = f"btcv_{re.sub(r'[^0-9]', '', image.name)}.nii.gz"
+        _, lab, affine = write_case(image, label, out, name, spacing, overwrite)
+        training.append(_entry(name, describe_organs(lab, affine, BTCV_LABELS)))
+    test = [write_test_case(p, out, f"btcv_{re.sub(r'[^0-9]', '', p.name)}.nii.gz", spacing, overwrite)
+            for p in _nifti_files(root / "Testing" / "img", "img")[:max_cases]]
+    meta = {"name": "btcv", "description": "BTCV multi-organ abdominal CT (MICCAI 2015 Multi-Atlas Labeling)",
+            "reference": "https://www.synapse.org/#!Synapse:syn3193805", "labels": BTCV_LABELS,
+            "licence": "Synapse data use terms (registration required; do not redistribute)"}
+    return _finish(out, meta, training, test)
+
+
+# ----------------------------------------------------------------------------- CLI
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``tdseg prepare {kits19,msd,btcv}``."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", required=True, help="output dataset folder (MSD layout, DESIGN §5)")
+    common.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                        help="resample to this voxel size in mm (R, A, S): image linear, label nearest "
+                             "(e.g. 1.5 1.5 2.0, the `full` preset); default: keep the native grid")
+    common.add_argument("--download-dir", help="where downloads / archives are stored and extracted "
+                                               "(default: OUT/../downloads)")
+    common.add_argument("--max-cases", type=int, metavar="N", help="only the first N training (and N test) cases")
+    common.add_argument("--overwrite", action="store_true", help="convert again into an --out that holds other "
+                                                                 "files or was prepared with other settings")
+    common.add_argument("--no-validate", action="store_true", help="skip `tdseg validate` on the result")
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="dataset", metavar="DATASET", required=True)
+    kits = sub.add_parser("kits19", parents=[common], help="KiTS19 kidney + tumour (downloads without --src)",
+                          description="KiTS19 -> common layout; labels 0 background, 1 kidney, 2 tumor.")
+    kits.add_argument("--src", help="the kits19 clone or its data/ folder (case_XXXXX/imaging.nii.gz + segmentation)")
+    kits.add_argument("--cases", help="case ids, e.g. 0-209 or 0-9,210 (default: all in --src; 0-209 when "
+                                      "downloading); 210-299 have no labels and become test cases")
+    msd = sub.add_parser("msd", parents=[common], help="MSD Task07 pancreas, Task03 liver, Task10 colon, Task09 spleen",
+                         description="MSD CT task -> common layout (downloaded from MONAI's mirror without --src).")
+    msd.add_argument("--task", required=True, help="Task07_Pancreas | Task03_Liver | Task10_Colon | Task09_Spleen "
+                                                   "(or pancreas, liver, colon, spleen)")
+    msd.add_argument("--src", help="TaskXX_Name.tar or its extracted folder")
+    msd.add_argument("--skip-checksum", action="store_true", help="do not check the MD5 of a --src archive")
+    btcv = sub.add_parser("btcv", parents=[common], help="BTCV 13 abdominal organs (Synapse RawData)",
+                          description=f"BTCV RawData -> common layout. {BTCV_HELP}.")
+    btcv.add_argument("--src", help="RawData.zip from Synapse, or the unzipped RawData folder")
+
+
+def cli_main(args: argparse.Namespace) -> int:
+    """Run ``tdseg prepare``: convert, then validate (summary, exit 0) or list the problems (exit 2)."""
+    import sys
+
+    if args.spacing is not None and not all(0.05 <= s <= 20.0 for s in args.spacing):
+        raise UserInputError(f"`--spacing` must be 3 voxel sizes in mm between 0.05 and 20, got "
+                             f"{' '.join(map(str, args.spacing))}. Pass e.g. --spacing 1.5 1.5 2.0.")
+    if args.max_cases is not None and args.max_cases < 1:
+        raise UserInputError(f"`--max-cases` must be >= 1, got {args.max_cases}. Pass e.g. --max-cases 5.")
+    common = {"download_dir": args.download_dir, "spacing": args.spacing, "max_cases": args.max_cases,
+              "overwrite": args.overwrite, "progress": not args.quiet}
+    if args.dataset == "kits19":
+        out = prepare_kits19(args.out, args.src, cases=args.cases, **common)
+    elif args.dataset == "msd":
+        out = prepare_msd(args.task, args.out, args.src, verify=not args.skip_checksum, **common)
+    else:
+        out = prepare_btcv(args.out, args.src, **common)
+    print(f"tdseg prepare: wrote {out}")
+    if args.no_validate:
+        return 0
+    from tdseg_lite.validate import validate_dataset
+
+    report = validate_dataset(out)
+    for line in report.warnings:
+        print(f"tdseg prepare: warning: {line}", file=sys.stderr)
+    if not report.ok:
+        for line in report.errors:
+            print(f"tdseg prepare: error: {line}", file=sys.stderr)
+        return 2
+    print(report.format_summary())
+    return 0

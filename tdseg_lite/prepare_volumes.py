@@ -19,6 +19,7 @@ The ``describe_*`` functions turn a label map into the per-case ``description`` 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,12 @@ __all__ = [
     "describe_organs",
     "diameter_cm",
     "label_array",
+    "link_or_copy",
     "load_volume",
     "resample",
     "save_volume",
+    "write_case",
+    "write_test_case",
 ]
 
 MIN_LESION_MM3 = 20.0  # lesion fragments smaller than this (~3.4 mm across) are annotation noise
@@ -78,10 +82,12 @@ def _midline_x(kidneys: list[tuple[float, np.ndarray]], affine: np.ndarray, shap
     """World x of the patient's midline: between two kidneys, else the body (HU > -500), else the FOV."""
     if len(kidneys) >= 2 and abs(kidneys[0][1][0] - kidneys[1][1][0]) > 40.0:
         return float(kidneys[0][1][0] + kidneys[1][1][0]) / 2.0
-    if image is not None and (image > -500).any():
-        body = _components(image > -500, affine)
-        return float(sum(v * c[0] for v, c in body) / sum(v for v, _ in body))
-    return float((affine[:3, :3] @ ((np.asarray(shape[:3]) - 1) / 2.0) + affine[:3, 3])[0])
+    centre = (np.asarray(shape[:3], dtype=float) - 1) / 2.0
+    body = None if image is None else image > -500
+    if body is not None and body.any():  # centroid of the body from its projections (cheap on large volumes)
+        centre = np.array([np.average(np.arange(n), weights=body.sum(axis=tuple(a for a in range(3) if a != axis)))
+                           for axis, n in enumerate(body.shape)])
+    return float((affine[:3, :3] @ centre + affine[:3, 3])[0])
 
 
 def describe_kits19(label: np.ndarray, affine: np.ndarray, image: np.ndarray | None = None) -> str:
@@ -97,7 +103,7 @@ def describe_kits19(label: np.ndarray, affine: np.ndarray, image: np.ndarray | N
         return "no kidney in view"
     kidneys = [k for k in kidneys if k[0] >= 0.1 * kidneys[0][0]]  # drop small fragments
     midline = _midline_x(kidneys, affine, label.shape, image)
-    side = lambda centre: "right" if centre[0] > midline else "left"  # noqa: E731 - RAS+: +x = right
+    side = lambda centre: "right" if centre[0] > midline else "left"  # RAS+: +x is the patient's right
     tumours: dict[str, list[float]] = {"left": [], "right": []}
     for volume, centre in _components(label == 2, affine):
         if volume >= MIN_LESION_MM3:
@@ -142,7 +148,7 @@ def load_volume(path: Path, what: str) -> Any:
 
     try:
         img = nib.load(path)
-    except Exception as err:  # nibabel raises many types for corrupt or foreign files
+    except Exception as err:  # noqa: BLE001 - nibabel raises many types for corrupt or foreign files
         raise UserInputError(f"{path}: {what} must be a readable NIfTI file, got {type(err).__name__}: "
                              f"{' '.join(str(err).split())[:100]}; download or export it again") from None
     shape = tuple(img.shape)
@@ -163,6 +169,7 @@ def _ct_array(img: Any) -> np.ndarray:
 
 
 def label_array(img: Any, path: Path) -> np.ndarray:
+    """The label map as ``uint8`` class indices; non-integer or out-of-range values -> ``UserInputError``."""
     raw = np.asanyarray(img.dataobj)
     if raw.dtype.kind == "f" and not np.array_equal(np.round(raw), raw):
         raise UserInputError(f"{path}: label values must be integers, got non-integer values; use the original "
@@ -249,3 +256,63 @@ def convert_case(image_path: Path, label_path: Path | None, out_image: Path, out
     return image, label, affine
 
 
+# ----------------------------------------------------------------------------- cases
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` to ``dst`` (no extra disk), or copy where links are impossible."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _linkable(image: Path, label: Path | None) -> bool:
+    """True when the files can be used as they are: 3D, and the label on the image's grid."""
+    import nibabel as nib
+
+    from tdseg_lite.validate import AFFINE_ATOL, AFFINE_RTOL
+
+    img = load_volume(image, "image")
+    if len(nib.load(image).shape) != 3:  # (X, Y, Z, 1): rewrite it squeezed
+        return False
+    if label is None:
+        return True
+    lab = load_volume(label, "label")
+    return lab.shape == img.shape and np.allclose(lab.affine, img.affine, rtol=AFFINE_RTOL, atol=AFFINE_ATOL)
+
+
+def write_case(image: Path, label: Path, out: Path, name: str, spacing: Sequence[float] | None, overwrite: bool,
+               link: bool = False, need_image: bool = False) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """Write one training case to ``out/imagesTr/name`` and ``out/labelsTr/name``.
+
+    Finished outputs are reused unless ``overwrite`` (resume). ``link``: hard-link 3D files on a
+    shared grid when ``spacing`` is ``None`` instead of rewriting them (MSD).
+
+    Returns:
+        ``(image, label, affine)`` as written, for the description; the image is ``None`` for linked
+        files, and for reused ones unless ``need_image``.
+    """
+    img_out, lab_out = out / "imagesTr" / name, out / "labelsTr" / name
+    if img_out.is_file() and lab_out.is_file() and not overwrite:
+        lab = load_volume(lab_out, "label")
+        image = np.asanyarray(load_volume(img_out, "image").dataobj) if need_image else None
+        return image, label_array(lab, lab_out), lab.affine
+    if link and spacing is None and _linkable(image, label):
+        link_or_copy(image, img_out)
+        link_or_copy(label, lab_out)
+        lab = load_volume(label, "label")
+        return None, label_array(lab, label), lab.affine
+    return convert_case(image, label, img_out, lab_out, spacing)  # type: ignore[return-value]
+
+
+def write_test_case(image: Path, out: Path, name: str, spacing: Sequence[float] | None, overwrite: bool,
+                    link: bool = False) -> str:
+    """Write one unlabelled case to ``out/imagesTs/name`` (see ``write_case``); returns its dataset.json path."""
+    dst = out / "imagesTs" / name
+    if overwrite or not dst.is_file():
+        if link and spacing is None and _linkable(image, None):
+            link_or_copy(image, dst)
+        else:
+            convert_case(image, None, dst, None, spacing)
+    return f"./imagesTs/{name}"

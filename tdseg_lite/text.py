@@ -199,15 +199,17 @@ def resolve_model_source(name: str) -> tuple[str, bool]:
 def model_cache_key(cfg: TextConfig) -> str:
     """16 hex digits naming everything an embedding depends on, computed without loading weights.
 
-    Offline models hash the package version; local folders their path and the sizes and times of
-    their files; hub ids the id only (delete ``ARTIFACTS/text_cache`` after a hub model changes).
+    Bundled models hash their package version; local folders their path and the sizes and times
+    of their files; hub ids the id only (delete ``ARTIFACTS/text_cache`` after a hub model changes).
     """
     source, local = resolve_model_source(cfg.model)
     parts: dict[str, Any] = {"model": cfg.model, "max_length": cfg.max_length,
                              "normalize_pooled": cfg.normalize_pooled, "format": _CACHE_FORMAT}
-    if cfg.model.startswith("offline:"):
+    try:
         parts["version"] = metadata.version(OFFLINE_MODELS[cfg.model.removeprefix("offline:")][1])
-    elif local:
+    except (KeyError, metadata.PackageNotFoundError):
+        parts["version"] = None  # not a bundled model (or bundled without package metadata)
+    if local and parts["version"] is None:
         files = sorted(p for p in Path(source).iterdir() if p.is_file())
         parts["path"] = source
         parts["files"] = [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]

@@ -1,0 +1,449 @@
+"""Label latent space: the 3D shape-aware label autoencoder (paper §1.2, item 4; LDSeg §5.1).
+
+TextDiffSeg diffuses a continuous label latent instead of the label map. The encoder maps the
+one-hot label volume y ∈ {0,1}^{N×D×H×W} to z_l = s · E(y) ∈ R^{k×d×h×w} on a grid ``f`` times
+coarser per axis (d = D/f, ...), and the decoder maps a latent back to N-class logits::
+
+    z_l = s · E(onehot(y))            (B, k, D/f, H/f, W/f)     (label encoder, paper item 4)
+    ŷ   = D(z_l / s)                  (B, N, D, H, W) logits   (label decoder)
+
+``s`` (``scale_factor``, a buffer) is 1/std of the raw latents, so that z_l has unit variance
+like the noise ε of the forward process z^(t) = sqrt(ᾱ_t) z^(0) + sqrt(1-ᾱ_t) ε (paper item 5;
+MONAI's 3d_ldm tutorial does the same for its AutoencoderKL).
+
+Design, chosen by ``benchmarks/bench_label_ae.py`` for accuracy per CPU second:
+
+* encoder: ``pixelunshuffle`` (lossless space-to-depth: N·f³ channels on the latent grid), a 1×1
+  conv, residual units at latent resolution, a 1×1 conv to k channels; no tanh;
+* decoder: a 3×3 conv, residual units at latent resolution, then a sub-pixel head (1×1 convs to
+  N·f³ channels + ``pixelshuffle``) so that every voxel of an f³ block gets its own logits.
+  ``upsample="transposed"`` (with ``downsample="strided"``, ``latent_activation="tanh"``) gives
+  the conventional design of the previous calibration for comparison.
+
+All convolutions run on the latent grid (f³ = 64× fewer voxels at f = 4), and training decodes
+z + σ·std(z)·ε so that the decoder tolerates the denoiser's error.
+
+Explained in notebooks/02_label_latent_space.ipynb
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+from monai.metrics import DiceMetric
+from monai.networks.blocks import Convolution, ResidualUnit
+from monai.networks.utils import one_hot, pixelshuffle, pixelunshuffle
+from torch import nn
+
+from tdseg_lite.config import ConfigError, config_from_dict, config_to_dict
+from tdseg_lite.errors import UserInputError
+
+__all__ = [
+    "LabelAEConfig",
+    "LabelAutoencoder",
+    "latent_scale_factor",
+    "load_label_autoencoder",
+    "reconstruct",
+    "reconstruction_dice",
+    "save_label_autoencoder",
+    "structure_dice",
+    "train_label_autoencoder",
+]
+
+ACT = "SWISH"  # SiLU
+
+
+@dataclass(frozen=True)
+class LabelAEConfig:
+    """Label autoencoder architecture and its pre-training (presets in ``PRESETS``)."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": {"width": 16, "num_res_units": 1, "head_hidden": 0, "patch_size": (32, 32, 32)},
+        "cpu": {},
+        "full": {"width": 64, "num_res_units": 2, "head_hidden": 128, "batch_size": 8},
+    }
+    num_classes: int = 3                      # N: label classes including background
+    latent_channels: int = 8                  # k: channels of z_l (k ≪ N·f³)
+    downsample_factor: int = 4                # f: latent grid = input grid / f per axis
+    width: int = 32                           # channels of the convs on the latent grid
+    num_res_units: int = 1                    # residual units in the encoder and in the decoder
+    head_hidden: int = 64                     # hidden 1×1 layer of the sub-pixel head (0: linear head)
+    downsample: Literal["unshuffle", "strided"] = "unshuffle"       # space-to-depth | stride-2 convs
+    upsample: Literal["pixelshuffle", "transposed"] = "pixelshuffle"  # sub-pixel head | transposed convs
+    latent_activation: Literal["none", "tanh"] = "none"              # tanh squashes z (calibration design)
+    latent_noise: float = 0.1                 # σ: train on decode(z + σ·std(z)·ε)
+    learning_rate: float = 3e-3               # Adam, cosine-decayed over the step/time budget
+    batch_size: int = 4                       # label patches per step
+    patch_size: tuple[int, int, int] | None = (48, 48, 48)  # training crops; None = whole volumes
+    max_steps: int = 3000                     # step budget (the time budget is an argument)
+
+    def __post_init__(self) -> None:
+        if self.patch_size is not None:
+            object.__setattr__(self, "patch_size", tuple(self.patch_size))
+        f = self.downsample_factor
+        for name in ("num_classes", "latent_channels", "downsample_factor", "width", "batch_size", "max_steps"):
+            _rule(name, getattr(self, name), getattr(self, name) >= 1, "must be >= 1", "Use e.g. the default.")
+        _rule("num_classes", self.num_classes, self.num_classes >= 2, "must be >= 2 (background + 1 class)",
+              "Use e.g. 3 for background, kidney, tumour.")
+        for name in ("num_res_units", "head_hidden"):
+            _rule(name, getattr(self, name), getattr(self, name) >= 0, "must be >= 0", "Use 0 to disable it.")
+        _rule("latent_noise", self.latent_noise, self.latent_noise >= 0, "must be >= 0", "Use e.g. 0.1.")
+        _rule("learning_rate", self.learning_rate, self.learning_rate > 0, "must be > 0", "Use e.g. 3e-3.")
+        if self.downsample == "strided" or self.upsample == "transposed":
+            _rule("downsample_factor", f, f & (f - 1) == 0, "must be a power of 2 with strided/transposed convs",
+                  "Use 2, 4 or 8, or downsample='unshuffle' and upsample='pixelshuffle'.")
+        if self.patch_size is not None:
+            ok = len(self.patch_size) == 3 and all(p > 0 and p % f == 0 for p in self.patch_size)
+            _rule("patch_size", self.patch_size, ok, f"must be 3 positive sizes divisible by downsample_factor={f}",
+                  f"Use e.g. ({12 * f}, {12 * f}, {12 * f}) or None for whole volumes.")
+
+
+def _rule(name: str, value: Any, ok: bool, rule: str, fix: str) -> None:
+    if not ok:
+        raise ConfigError(f"`LabelAEConfig.{name}` {rule}, got {value!r}. {fix}")
+
+
+def _conv(cin: int, cout: int, kernel: int = 3, act: bool = True, **kw: Any) -> Convolution:
+    return Convolution(3, cin, cout, kernel_size=kernel, act=ACT if act else None, norm=None, conv_only=not act, **kw)
+
+
+def _res_units(width: int, n: int) -> nn.Sequential:
+    return nn.Sequential(*[ResidualUnit(3, width, width, subunits=2, act=ACT, norm=None) for _ in range(n)])
+
+
+class LabelAutoencoder(nn.Module):
+    """One-hot labels (B, N, D, H, W) ⇄ label latent z_l (B, k, D/f, H/f, W/f).
+
+    No normalisation layers: the encoding of a voxel depends only on its neighbourhood, so
+    encoding a patch or the whole volume gives the same latent there (up to border effects).
+    """
+
+    def __init__(self, cfg: LabelAEConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or LabelAEConfig()
+        n, k, f, w = cfg.num_classes, cfg.latent_channels, cfg.downsample_factor, cfg.width
+        stages = int(round(math.log2(f))) if f & (f - 1) == 0 else 0
+        if cfg.downsample == "unshuffle":
+            down = [_conv(n * f**3, w, kernel=1)]
+        else:  # stride-2 convs, the width halving towards full resolution
+            widths = [max(w >> (stages - i), min(w, 8)) for i in range(stages + 1)]
+            down = [_conv(n, widths[0])] + [_conv(a, b, strides=2) for a, b in zip(widths, widths[1:])]
+        self.encoder = nn.Sequential(*down, _res_units(w, cfg.num_res_units), _conv(w, k, kernel=1, act=False))
+        self.decoder = nn.Sequential(_conv(k, w), _res_units(w, cfg.num_res_units))
+        if cfg.upsample == "pixelshuffle":
+            hidden = [_conv(w, cfg.head_hidden, kernel=1)] if cfg.head_hidden else []
+            self.head = nn.Sequential(*hidden, _conv(cfg.head_hidden or w, n * f**3, kernel=1, act=False))
+        else:
+            widths = [max(w >> i, min(w, 8)) for i in range(stages + 1)]
+            ups = [_conv(a, b, strides=2, is_transposed=True, output_padding=1) for a, b in zip(widths, widths[1:])]
+            self.head = nn.Sequential(*ups, _conv(widths[-1], n, kernel=1, act=False))
+        self.register_buffer("scale_factor", torch.tensor(1.0))
+
+    @property
+    def factor(self) -> int:
+        """f, the downsampling factor per axis."""
+        return self.cfg.downsample_factor
+
+    def to_onehot(self, labels: torch.Tensor) -> torch.Tensor:
+        """Class indices (B, 1, D, H, W) → float one-hot (B, N, D, H, W); (B, N, ...) passes through."""
+        if not isinstance(labels, torch.Tensor) or labels.ndim != 5:
+            got = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise UserInputError(f"`labels` must be a 5D tensor (B, 1, D, H, W) of class indices or (B, N, D, H, W) "
+                                 f"one-hot, got {got}. Add batch/channel axes, e.g. labels[None, None].")
+        labels = labels.as_subclass(torch.Tensor)  # MetaTensor -> plain tensor (no meta bookkeeping)
+        if labels.shape[1] == 1:
+            return one_hot(labels.long(), self.cfg.num_classes, dtype=torch.float32, dim=1)
+        if labels.shape[1] != self.cfg.num_classes:
+            raise UserInputError(f"`labels` must have 1 or num_classes={self.cfg.num_classes} channels, got "
+                                 f"{labels.shape[1]}. Pass class indices (B, 1, ...) or a matching one-hot.")
+        return labels.float()
+
+    def _check_grid(self, shape: Sequence[int], name: str) -> None:
+        f = self.factor
+        if any(s % f for s in shape):
+            raise UserInputError(f"`{name}` spatial size must be divisible by downsample_factor={f}, got "
+                                 f"{tuple(shape)}. Pad it first, e.g. monai.transforms.DivisiblePad(k={f}), "
+                                 "or use label_ae.reconstruct(), which pads for you.")
+
+    def encode(self, labels: torch.Tensor) -> torch.Tensor:
+        """z_l = s · E(onehot(y)) (paper item 4).
+
+        Args:
+            labels: (B, 1, D, H, W) class indices or (B, N, D, H, W) one-hot; D, H, W divisible by f.
+
+        Returns:
+            (B, k, D/f, H/f, W/f) latent, unit variance once ``latent_scale_factor`` has run.
+        """
+        x = self.to_onehot(labels)
+        self._check_grid(x.shape[2:], "labels")
+        if self.cfg.downsample == "unshuffle":
+            x = pixelunshuffle(x, 3, self.factor)
+        z = self.encoder(x)
+        if self.cfg.latent_activation == "tanh":
+            z = torch.tanh(z)
+        return z * self.scale_factor
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """ŷ = D(z_l / s): latent (B, k, d, h, w) → logits (B, N, f·d, f·h, f·w)."""
+        if not isinstance(z, torch.Tensor) or z.ndim != 5 or z.shape[1] != self.cfg.latent_channels:
+            got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+            raise UserInputError(f"`z` must be a (B, {self.cfg.latent_channels}, d, h, w) latent, got {got}. "
+                                 "Pass the output of encode().")
+        out = self.head(self.decoder(z / self.scale_factor))
+        return pixelshuffle(out, 3, self.factor) if self.cfg.upsample == "pixelshuffle" else out
+
+    def forward(self, labels: torch.Tensor, noise: float = 0.0) -> torch.Tensor:
+        """decode(z + noise·std(z)·ε) with z = encode(labels): (B, 1|N, D, H, W) → logits (B, N, D, H, W)."""
+        z = self.encode(labels)
+        if noise > 0:
+            z = z + noise * z.detach().std() * torch.randn_like(z)
+        return self.decode(z)
+
+
+def _as_label_tensor(volume: Any, index: int) -> torch.Tensor:
+    """One label volume (D, H, W) or (1, D, H, W), array or tensor → uint8 tensor (D, H, W)."""
+    t = torch.as_tensor(np.asarray(volume) if not isinstance(volume, torch.Tensor) else volume)
+    t = t.squeeze(0) if t.ndim == 4 and t.shape[0] == 1 else t
+    if t.ndim != 3:
+        raise UserInputError(f"`label_volumes[{index}]` must be (D, H, W) or (1, D, H, W), got {tuple(t.shape)}. "
+                             "Pass class-index volumes, e.g. batch['label'][0].")
+    return t.as_subclass(torch.Tensor).to(torch.uint8) if t.dtype != torch.uint8 else t.as_subclass(torch.Tensor)
+
+
+class _PatchSampler:
+    """Class-balanced random crops: each crop is centred on a voxel of a class drawn uniformly."""
+
+    def __init__(self, volumes: list[torch.Tensor], cfg: LabelAEConfig, seed: int) -> None:
+        self.cfg, self.gen = cfg, torch.Generator().manual_seed(seed)
+        size = cfg.patch_size
+        if size is None:  # whole volumes, background-padded to a common shape divisible by f
+            f = cfg.downsample_factor
+            size = tuple(math.ceil(max(v.shape[i] for v in volumes) / f) * f for i in range(3))
+        self.size = size
+        self.volumes = [F.pad(v, [p for i in (2, 1, 0) for p in (0, max(size[i] - v.shape[i], 0))]) for v in volumes]
+        self.coords = [[torch.nonzero(v == c) for c in range(1, cfg.num_classes)] for v in self.volumes]
+
+    def _randint(self, high: int) -> int:
+        return int(torch.randint(high, (1,), generator=self.gen))
+
+    def crop(self, i: int) -> torch.Tensor:
+        v = self.volumes[i]
+        if self.cfg.patch_size is None:
+            return v
+        present = [c for c in self.coords[i] if len(c)]
+        pick = self._randint(len(present) + 1)
+        centre = present[pick - 1][self._randint(len(present[pick - 1]))] if pick else \
+            torch.tensor([self._randint(s) for s in v.shape])
+        start = [int(min(max(int(centre[a]) - self.size[a] // 2, 0), v.shape[a] - self.size[a])) for a in range(3)]
+        return v[tuple(slice(s, s + n) for s, n in zip(start, self.size))]
+
+    def batch(self) -> torch.Tensor:
+        """(B, 1, *size) int64 class indices."""
+        idx = torch.randint(len(self.volumes), (self.cfg.batch_size,), generator=self.gen).tolist()
+        return torch.stack([self.crop(i) for i in idx])[:, None].long()
+
+
+def train_label_autoencoder(model: LabelAutoencoder, label_volumes: Sequence[Any], cfg: LabelAEConfig | None = None,
+                            *, max_seconds: float | None = None, max_steps: int | None = None, seed: int = 0,
+                            log_every: int = 25, verbose: bool = False) -> dict[str, Any]:
+    """Pre-train the label autoencoder alone: DiceCE(decode(z + σ·std(z)·ε), y), then set the scale.
+
+    Adam with a short warm-up and a cosine decay over whichever budget (steps or seconds) runs out
+    first; gradients clipped at 1. Finally ``latent_scale_factor`` is computed on ``label_volumes``.
+
+    Args:
+        model: the autoencoder (trained in place, left in eval mode).
+        label_volumes: class-index volumes (D, H, W) or (1, D, H, W), numpy or torch.
+        cfg: training settings; default ``model.cfg``.
+        max_seconds: wall-clock budget (``None``: steps only).
+        max_steps: step budget; default ``cfg.max_steps``.
+        seed: seeds the patch sampler and the latent noise.
+        log_every: steps between entries of the returned history.
+        verbose: print a line at each history entry.
+
+    Returns:
+        ``{"step": [...], "loss": [...], "seconds": [...], "steps": n, "train_seconds": t,
+        "scale_factor": s}``.
+    """
+    cfg = cfg or model.cfg
+    volumes = [_as_label_tensor(v, i) for i, v in enumerate(label_volumes)]
+    if not volumes:
+        raise UserInputError("`label_volumes` must hold at least one volume, got 0. Pass the training labels.")
+    steps = max_steps if max_steps is not None else cfg.max_steps
+    sampler, device = _PatchSampler(volumes, cfg, seed), next(model.parameters()).device
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    torch.manual_seed(seed)
+    history: dict[str, Any] = {"step": [], "loss": [], "seconds": []}
+    model.train()
+    start, step = time.perf_counter(), 0
+    while step < steps:
+        elapsed = time.perf_counter() - start
+        progress = max(step / steps, elapsed / max_seconds if max_seconds else 0.0)
+        if progress >= 1.0:
+            break
+        lr = cfg.learning_rate * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * progress))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        y = sampler.batch().to(device)
+        loss = loss_fn(model(y, noise=cfg.latent_noise), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % log_every == 0 or step == 1:
+            for key, value in (("step", step), ("loss", loss.item()), ("seconds", elapsed)):
+                history[key].append(value)
+            if verbose:
+                print(f"step {step:5d}  loss {loss.item():.4f}  {elapsed:6.1f} s")
+    history["steps"], history["train_seconds"] = step, time.perf_counter() - start
+    model.eval()
+    history["scale_factor"] = latent_scale_factor(model, volumes)
+    return history
+
+
+def _batches(data: Iterable[Any] | Any) -> Iterable[torch.Tensor]:
+    """Yield (1|B, 1, D, H, W) label tensors from a tensor, a list of volumes or a loader of dicts."""
+    if isinstance(data, torch.Tensor) and data.ndim == 5:
+        yield data
+        return
+    for item in data:
+        item = item["label"] if isinstance(item, dict) else item
+        t = torch.as_tensor(item).as_subclass(torch.Tensor)
+        yield t if t.ndim == 5 else _as_label_tensor(t, 0)[None, None]
+
+
+@torch.no_grad()
+def latent_scale_factor(model: LabelAutoencoder, data: Iterable[Any] | torch.Tensor, set_buffer: bool = True) -> float:
+    """s = 1 / std(E(y)) over all raw latent values of ``data``, stored in ``model.scale_factor``.
+
+    Args:
+        model: the label autoencoder.
+        data: a (B, 1, D, H, W) tensor, a sequence of label volumes, or a loader yielding
+            dicts with ``"label"``; sizes not divisible by f are background-padded.
+        set_buffer: write s into the model (then ``encode`` returns unit-variance latents).
+
+    Returns:
+        s as a float.
+    """
+    was_training, old = model.training, model.scale_factor.clone()
+    model.eval()
+    model.scale_factor.fill_(1.0)
+    total = total_sq = count = 0.0
+    for labels in _batches(data):
+        z = model.encode(_pad_to_factor(labels.to(model.scale_factor.device), model.factor)).double()
+        total, total_sq, count = total + z.sum().item(), total_sq + (z * z).sum().item(), count + z.numel()
+    std = math.sqrt(max(total_sq / count - (total / count) ** 2, 1e-12))
+    model.scale_factor.copy_(torch.tensor(1.0 / std) if set_buffer else old)
+    model.train(was_training)
+    return 1.0 / std
+
+
+def _pad_to_factor(labels: torch.Tensor, factor: int) -> torch.Tensor:
+    pads = [p for s in reversed(labels.shape[2:]) for p in (0, (-s) % factor)]
+    return F.pad(labels, pads) if any(pads) else labels
+
+
+@torch.no_grad()
+def reconstruct(model: LabelAutoencoder, labels: torch.Tensor, noise: float = 0.0) -> torch.Tensor:
+    """argmax D(E(y) [+ noise·ε]) for any size: (B, 1, D, H, W) → (B, 1, D, H, W) class indices.
+
+    The volume is background-padded to a multiple of f and the result cropped back. ``noise``
+    is added in the unit-variance latent (σ of the denoiser's error you want to simulate).
+    """
+    padded = _pad_to_factor(model.to_onehot(labels), model.factor)
+    z = model.encode(padded)
+    if noise > 0:
+        z = z + noise * z.std() * torch.randn_like(z)
+    out = model.decode(z).argmax(1, keepdim=True)
+    return out[(..., *[slice(0, s) for s in labels.shape[2:]])]
+
+
+def reconstruction_dice(model: LabelAutoencoder, label_volumes: Sequence[Any], noise: float = 0.0) -> torch.Tensor:
+    """Per-case, per-foreground-class Dice of ``reconstruct`` (MONAI ``DiceMetric``).
+
+    Returns:
+        (n_cases, N - 1) tensor; NaN where a class is absent from a case.
+    """
+    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
+    model.eval()
+    n = model.cfg.num_classes
+    device = model.scale_factor.device
+    for i, vol in enumerate(label_volumes):
+        y = _as_label_tensor(vol, i)[None, None].long().to(device)
+        pred = reconstruct(model, y, noise=noise)
+        metric(one_hot(pred, n, dim=1), one_hot(y, n, dim=1))
+    return metric.aggregate().cpu()
+
+
+def structure_dice(pred: Any, target: Any, class_index: int, spacing_mm: Sequence[float] = (3.0, 3.0, 3.0),
+                   margin: int = 3) -> list[tuple[float, float]]:
+    """Dice of each connected structure (e.g. each tumour) of ``class_index`` in ``target``.
+
+    Each target component is compared with the predicted class voxels within ``margin`` voxels
+    of it (other target components excluded), so one case with two tumours gives two points.
+
+    Args:
+        pred, target: class-index volumes (D, H, W), numpy or torch.
+        class_index: the class to analyse (e.g. 2 = tumour).
+        spacing_mm: voxel size, for the equivalent diameter d = (6 V / π)^(1/3).
+        margin: neighbourhood (voxels) in which predicted voxels count for a component.
+
+    Returns:
+        ``[(diameter_mm, dice), ...]`` sorted by diameter.
+    """
+    from scipy import ndimage
+
+    p = np.asarray(pred.cpu() if isinstance(pred, torch.Tensor) else pred).squeeze() == class_index
+    t = np.asarray(target.cpu() if isinstance(target, torch.Tensor) else target).squeeze() == class_index
+    comps, n = ndimage.label(t)
+    voxel_ml = float(np.prod(spacing_mm))
+    out = []
+    for c in range(1, n + 1):
+        g = comps == c
+        region = ndimage.binary_dilation(g, iterations=margin) & ((comps == 0) | g)
+        inter, size_p = (p & g).sum(), (p & region).sum()
+        diameter = (6 * g.sum() * voxel_ml / math.pi) ** (1 / 3)
+        out.append((float(diameter), float(2 * inter / (size_p + g.sum()))))
+    return sorted(out)
+
+
+def save_label_autoencoder(model: LabelAutoencoder, path: str | os.PathLike[str]) -> Path:
+    """Write ``{config, state_dict, scale_factor, versions}`` atomically (``torch.load(weights_only=True)``)."""
+    from tdseg_lite.utils import atomic_write_bytes, versions
+
+    buffer = io.BytesIO()
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save({"config": config_to_dict(model.cfg), "state_dict": state,
+                "scale_factor": float(model.scale_factor), "versions": versions()}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def load_label_autoencoder(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> LabelAutoencoder:
+    """Rebuild a ``LabelAutoencoder`` saved by ``save_label_autoencoder`` (eval mode)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserInputError(f"`path` must be a saved label autoencoder, got {str(path)!r} (no such file). "
+                             "Run notebooks/02_label_latent_space.ipynb or save_label_autoencoder() first.")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        model = LabelAutoencoder(config_from_dict(LabelAEConfig, ckpt["config"]))
+        model.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, RuntimeError, ConfigError) as err:
+        raise UserInputError(f"`path` must hold {{config, state_dict, scale_factor, versions}} of a label "
+                             f"autoencoder, got {str(path)!r} ({type(err).__name__}: {str(err)[:120]}). "
+                             "Re-create it with save_label_autoencoder().") from err
+    return model.eval()

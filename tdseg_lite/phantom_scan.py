@@ -1,0 +1,170 @@
+"""The "scanner" of the CT phantom: tissue map -> HU image, label sets, orientation and affine.
+
+* ``render``: per-case tissue means drawn inside ``HU_RANGES``, a smooth texture, a mean per
+  tumour, Gaussian partial-volume blur, correlated Gaussian noise, clipping to [-1024, 3071].
+* ``label_map``: organ map -> KiTS19 / MSD pancreas / BTCV-subset labels (``LABEL_SETS``).
+* ``reorient`` / ``affine_for``: the canonical RAS arrays -> any axis order such as ``"LPS"`` or
+  ``"IPL"``, with the NIfTI affine (voxel index -> RAS+ mm) that keeps world positions.
+* ``hu_statistics``: pooled HU mean/SD per tissue or label (the realism table of notebook 00).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from tdseg_lite.phantom_anatomy import (
+    HU_RANGES,
+    ORGANS,
+    TEXTURE_HU,
+    TISSUES,
+    Grid,
+    T,
+    smooth_field,
+)
+
+__all__ = ["LABEL_SETS", "affine_for", "case_grid", "hu_statistics", "label_map", "render", "reorient"]
+
+#: task -> label id -> name. kidney: KiTS19; pancreas: MSD Task07; multiorgan: BTCV names of
+#: the organs the phantom models, renumbered 1..9 in BTCV order (BTCV ids 1,2,3,4,6,7,8,9,11).
+LABEL_SETS: dict[str, dict[int, str]] = {
+    "kidney": {0: "background", 1: "kidney", 2: "tumor"},
+    "pancreas": {0: "background", 1: "pancreas", 2: "cancer"},
+    "multiorgan": {0: "background", 1: "spleen", 2: "right kidney", 3: "left kidney", 4: "gallbladder",
+                   5: "liver", 6: "stomach", 7: "aorta", 8: "inferior vena cava", 9: "pancreas"},
+}
+#: orientation letter -> (world axis, sign): the direction an array axis grows toward.
+AXIS: dict[str, tuple[int, int]] = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
+
+
+def case_grid(shape: tuple[int, int, int], spacing: tuple[float, float, float], anisotropic: bool,
+              rng: np.random.Generator) -> Grid:
+    """The canonical grid of a case; ``anisotropic`` keeps the field of view but draws a finer
+    or coarser in-plane spacing (x0.8-1.15) and 1.4-2x thicker slices."""
+    if not anisotropic:
+        return Grid.centred(shape, spacing)
+    f_xy, f_z = rng.uniform(0.8, 1.15), rng.uniform(1.4, 2.0)
+    new = (spacing[0] * f_xy, spacing[1] * f_xy, spacing[2] * f_z)
+    dims = tuple(max(16, round(n * s / t)) for n, s, t in zip(shape, spacing, new))
+    return Grid.centred(dims, new)
+
+
+def reorient(arr: np.ndarray, code: str) -> np.ndarray:
+    """Canonical RAS array (X, Y, Z) -> array whose axes grow toward the letters of ``code``."""
+    out = np.transpose(arr, [AXIS[c][0] for c in code])
+    for k, c in enumerate(code):
+        if AXIS[c][1] < 0:
+            out = np.flip(out, axis=k)
+    return np.ascontiguousarray(out)
+
+
+def affine_for(grid: Grid, code: str) -> np.ndarray:
+    """(4, 4) affine of ``reorient(canonical, code)``: voxel index -> RAS+ mm."""
+    axes, aff = (grid.xs, grid.ys, grid.zs), np.eye(4)
+    aff[:3, 3] = [float(a[0]) for a in axes]
+    for k, c in enumerate(code):
+        w, sign = AXIS[c]
+        aff[:3, k] = 0.0
+        aff[w, k] = sign * grid.spacing[w]
+        if sign < 0:
+            aff[w, 3] = float(axes[w][-1])
+    return aff
+
+
+def render(tissue: np.ndarray, organ: np.ndarray, grid: Grid, tumours: dict[int, str], rng: np.random.Generator,
+           noise_hu: float, blur_mm: float) -> np.ndarray:
+    """HU image from the tissue and organ maps.
+
+    Args:
+        tissue: uint8 (X, Y, Z) tissue ids.
+        organ: uint8 (X, Y, Z) organ ids (tumour ids get their own mean HU).
+        grid: the canonical grid (spacing for the blur).
+        tumours: tumour organ id -> host organ.
+        rng: the case's scan random generator.
+        noise_hu: mean noise SD; the case's SD is drawn within +-15 %.
+        blur_mm: SD of the Gaussian partial-volume blur applied before the noise.
+
+    Returns:
+        float32 (X, Y, Z) HU in [-1024, 3071].
+    """
+    from scipy import ndimage
+
+    base = np.array([rng.uniform(lo + (hi - lo) / 4, hi - (hi - lo) / 4) for lo, hi in HU_RANGES.values()])
+    base[T["air"]], base[T["bowel gas"]] = -1000.0, rng.uniform(-1000.0, -960.0)
+    tex = np.array([TEXTURE_HU.get(name, 0.0) for name in TISSUES], np.float32)
+    img = base.astype(np.float32)[tissue] + tex[tissue] * smooth_field(rng, grid, 7.0)
+    offset = np.zeros(256, np.float32)
+    for tid, host in sorted(tumours.items()):
+        kind = "pancreas tumour" if host == "pancreas" else "kidney tumour"
+        lo, hi = HU_RANGES[kind]
+        offset[tid] = rng.uniform(lo + (hi - lo) / 8, hi - (hi - lo) / 8) - base[T[kind]]
+    lesion = np.isin(tissue, (T["kidney tumour"], T["pancreas tumour"]))
+    img[lesion] += offset[organ[lesion]]
+    if blur_mm > 0:
+        img = ndimage.gaussian_filter(img, [blur_mm / s for s in grid.spacing], mode="nearest", truncate=3.0)
+    noise = ndimage.gaussian_filter(rng.standard_normal(grid.shape, dtype=np.float32), 0.6, truncate=3.0)
+    k = np.exp(-0.5 * (np.arange(-2, 3) / 0.6) ** 2)
+    gain = noise_hu * rng.uniform(0.85, 1.15) / float(np.sqrt(((k / k.sum()) ** 2).sum()) ** 3)
+    return np.clip(img + np.float32(gain) * noise, -1024.0, 3071.0).astype(np.float32)
+
+
+def label_map(organ: np.ndarray, tumours: dict[int, str], task: str) -> np.ndarray:
+    """Organ map -> uint8 label map of ``LABEL_SETS[task]`` (multiorgan: tumours join their organ)."""
+    lut = np.zeros(256, np.uint8)
+    ids = {name: i for i, name in enumerate(ORGANS)}
+    if task == "multiorgan":
+        for label, name in LABEL_SETS[task].items():
+            if label:
+                lut[ids[name]] = label
+        for tid, host in tumours.items():
+            lut[tid] = lut[ids[host]]
+        return lut[organ]
+    hosts = ("right kidney", "left kidney") if task == "kidney" else ("pancreas",)
+    for name in hosts:
+        lut[ids[name]] = 1
+    for tid, host in tumours.items():
+        lut[tid] = 2 if host in hosts else 0
+    return lut[organ]
+
+
+def _core(tissue: np.ndarray) -> np.ndarray:
+    """Voxels whose 6 neighbours have the same tissue (away from partial-volume edges)."""
+    core = np.zeros(tissue.shape, bool)
+    core[1:-1, 1:-1, 1:-1] = True
+    for ax in range(3):
+        t, c = np.moveaxis(tissue, ax, 0), np.moveaxis(core, ax, 0)
+        c[1:] &= t[1:] == t[:-1]
+        c[:-1] &= t[:-1] == t[1:]
+    return core
+
+
+def hu_statistics(cases: Iterable[Any], by: str = "tissue", core: bool = True) -> dict[str, dict[str, Any]]:
+    """Pooled HU mean / SD per tissue (``by="tissue"``) or per label name (``by="label"``).
+
+    Args:
+        cases: ``PhantomCase`` objects (``image``, ``tissue``, ``label``, ``task``).
+        by: "tissue" (``TISSUES``, with the ``HU_RANGES`` they should fall in) or "label".
+        core: for tissues, only voxels whose 6 neighbours share their tissue.
+
+    Returns:
+        name -> {"mean", "std", "voxels", "expected"}; ``expected`` is (lo, hi) or None.
+    """
+    if by not in ("tissue", "label"):
+        raise ValueError(f"`by` must be 'tissue' or 'label', got {by!r}.")
+    acc, names = np.zeros((3, 256)), {}
+    for case in cases:
+        keys = case.tissue if by == "tissue" else case.label
+        names = dict(enumerate(TISSUES)) if by == "tissue" else LABEL_SETS[case.task]
+        m = _core(case.tissue) if core and by == "tissue" else np.ones(keys.shape, bool)
+        k, v = keys[m].astype(np.int64), case.image[m].astype(np.float64)
+        acc += [np.bincount(k, minlength=256), np.bincount(k, v, minlength=256), np.bincount(k, v * v, minlength=256)]
+    out = {}
+    for i, name in names.items():
+        cnt, s, s2 = acc[:, i]
+        if cnt:
+            mean = s / cnt
+            out[name] = {"mean": round(float(mean), 1), "std": round(float(np.sqrt(max(s2 / cnt - mean**2, 0))), 1),
+                         "voxels": int(cnt), "expected": HU_RANGES.get(name) if by == "tissue" else None}
+    return out

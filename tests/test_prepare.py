@@ -1,0 +1,524 @@
+"""``tdseg prepare`` and ``tdseg_lite.download``, offline, on files that mimic each source exactly.
+
+Mimicked formats (tiny arrays, real header conventions):
+
+* KiTS19 ``data/case_XXXXX/{imaging,segmentation}.nii.gz``: arrays ``(slices, rows, columns)``, affine
+  ``[[0, 0, -px, 0], [0, -px, 0, 0], [-slice, 0, 0, 0]]`` (codes I-P-L, anisotropic), sform code 2,
+  qform code 0 (as in the real ``case_00000/segmentation.nii.gz``), imaging float32 HU,
+  segmentation uint8 0/1/2; ``case_00210`` has imaging only (test set).
+* MSD ``Task07_Pancreas/`` (+ ``.tar``): the real ``dataset.json`` schema, ``imagesTr/ labelsTr/
+  imagesTs/``, ``._*`` AppleDouble junk next to every file, one 4D ``(X, Y, Z, 1)`` image, LPS-style
+  affine ``diag(-0.9, -0.9, 2.5)`` with an origin, qform = sform code 1, int16 HU, uint8 labels.
+* BTCV ``RawData/Training/{img,label}/imgNNNN|labelNNNN.nii.gz``, ``RawData/Testing/img/``: labels 0-13,
+  one case without a gallbladder, LPS-style affine with an origin.
+"""
+
+from __future__ import annotations
+
+import http.server
+import io
+import json
+import tarfile
+import threading
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.error import URLError
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tdseg_lite import cli
+from tdseg_lite import download as dl
+from tdseg_lite.errors import UserInputError
+from tdseg_lite.prepare import prepare_btcv, prepare_kits19, prepare_msd, resolve_msd_task
+from tdseg_lite.prepare_volumes import describe_kits19, diameter_cm, resample
+from tdseg_lite.validate import validate_dataset
+
+KITS_SHAPE = (24, 32, 32)  # (slices, rows, columns), like the real (num_slices, 512, 512)
+APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(4066)  # a real "._" file's header
+
+
+def kits_affine(slice_mm: float = 3.0, pixel_mm: float = 2.4) -> np.ndarray:
+    """The KiTS19 affine (README "Voxel Spacing"): axes (z, y, x) with negative spacings -> I-P-L."""
+    return np.array([[0.0, 0.0, -pixel_mm, 0.0], [0.0, -pixel_mm, 0.0, 0.0], [-slice_mm, 0.0, 0.0, 0.0], [0, 0, 0, 1.0]])
+
+
+def lps_affine(spacing: tuple[float, float, float], origin: tuple[float, float, float]) -> np.ndarray:
+    """Typical DICOM-converted CT affine: x towards the patient's left, y posterior (codes L-P-S)."""
+    aff = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    aff[:3, 3] = origin
+    return aff
+
+
+def ellipsoid(shape: tuple[int, ...], centre: tuple[float, ...], radii: tuple[float, ...]) -> np.ndarray:
+    grid = np.indices(shape, dtype=float)
+    return sum(((grid[i] - centre[i]) / radii[i]) ** 2 for i in range(3)) <= 1.0
+
+
+def save(array: np.ndarray, affine: np.ndarray, path: Path, sform: int = 1, qform: int = 1) -> None:
+    img = nib.Nifti1Image(array, affine)
+    img.set_sform(affine, sform)
+    img.set_qform(affine if qform else None, qform)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, path)
+
+
+def volumes_mm3(path: Path) -> dict[int, float]:
+    img = nib.load(path)
+    values, counts = np.unique(np.asarray(img.dataobj), return_counts=True)
+    voxel = abs(np.linalg.det(img.affine[:3, :3]))
+    return {int(v): float(c) * voxel for v, c in zip(values, counts) if v}
+
+
+def centroid_world(path: Path, value: int) -> np.ndarray:
+    img = nib.load(path)
+    idx = np.argwhere(np.asarray(img.dataobj) == value).mean(axis=0)
+    return img.affine[:3, :3] @ idx + img.affine[:3, 3]
+
+
+def assert_preserved(src_label: Path, out_label: Path, rtol: float = 0.02) -> None:
+    """Label volumes (mm³) within ``rtol`` and each label's world centroid within one output voxel."""
+    before, after = volumes_mm3(src_label), volumes_mm3(out_label)
+    assert before.keys() == after.keys()
+    for k in before:
+        assert after[k] == pytest.approx(before[k], rel=rtol), (k, before[k], after[k])
+    voxel = float(max(nib.affines.voxel_sizes(nib.load(out_label).affine)))
+    for k in before:
+        shift = np.linalg.norm(centroid_world(src_label, k) - centroid_world(out_label, k))
+        assert shift < voxel, (k, shift, voxel)
+
+
+# ----------------------------------------------------------------------------- fixtures
+def write_kits(root: Path) -> Path:
+    """``root/data/case_XXXXX`` like a kits19 clone after ``get_imaging``; returns the clone root."""
+    aff = kits_affine()
+    # columns (axis 2) run towards the patient's LEFT: small column = right kidney
+    cases = {0: ((8, 23), 23), 1: ((8, 23), 8), 2: ((23,), 23)}  # kidney columns, tumour column
+    for case, (kidneys, tumour) in cases.items():
+        image = np.full(KITS_SHAPE, -1000.0, np.float32)
+        image[:, 4:28, 3:29] = 40.0
+        seg = np.zeros(KITS_SHAPE, np.uint8)
+        for col in kidneys:
+            seg[ellipsoid(KITS_SHAPE, (12, 16, col), (6, 6, 5))] = 1
+        seg[ellipsoid(KITS_SHAPE, (12, 16, tumour), (4, 4, 3.5))] = 2
+        image[seg == 1], image[seg == 2] = 160.0, 60.0
+        folder = root / "data" / f"case_{case:05d}"
+        save(image, aff, folder / "imaging.nii.gz", sform=2, qform=0)
+        save(seg, aff, folder / "segmentation.nii.gz", sform=2, qform=0)
+    save(np.full(KITS_SHAPE, -1000.0, np.float32), aff, root / "data" / "case_00210" / "imaging.nii.gz", sform=2, qform=0)
+    return root
+
+
+MSD_SHAPE = (32, 32, 24)
+
+
+def write_msd(root: Path, channels: int | None = None) -> Path:
+    """``root/Task07_Pancreas`` with the real dataset.json schema and macOS junk files."""
+    task = root / "Task07_Pancreas"
+    aff = lps_affine((0.9, 0.9, 2.5), (120.0, 150.0, -300.0))
+    training = []
+    for i in (1, 2, 3):
+        image = np.full(MSD_SHAPE, -1000, np.int16)
+        image[3:29, 3:29, :] = 30
+        label = np.zeros(MSD_SHAPE, np.uint8)
+        label[ellipsoid(MSD_SHAPE, (16, 16, 12), (9, 6, 5))] = 1
+        label[ellipsoid(MSD_SHAPE, (14 + i, 16, 12), (5, 4, 3))] = 2
+        image[label > 0] = 90
+        name = f"pancreas_{i:03d}.nii.gz"
+        arr = image[..., None] if i == 2 else image  # one (X, Y, Z, 1) image
+        if channels:
+            arr = np.stack([image] * channels, axis=-1)
+        save(arr, aff, task / "imagesTr" / name)
+        save(label, aff, task / "labelsTr" / name)
+        training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    save(np.full(MSD_SHAPE, -1000, np.int16), aff, task / "imagesTs" / "pancreas_004.nii.gz")
+    for junk in ("imagesTr/._pancreas_001.nii.gz", "labelsTr/._pancreas_001.nii.gz", "imagesTs/._pancreas_004.nii.gz",
+                 "._dataset.json"):
+        (task / junk).write_bytes(APPLEDOUBLE)
+    meta = {"name": "Pancreas", "description": "Pancreas and cancer segmentation",
+            "reference": "Memorial Sloan Kettering Cancer Center", "licence": "CC-BY-SA 4.0",
+            "release": "1.0 04/05/2018", "tensorImageSize": "3D", "modality": {"0": "CT"},
+            "labels": {"0": "background", "1": "pancreas", "2": "cancer"}, "numTraining": 3, "numTest": 1,
+            "training": training, "test": ["./imagesTs/pancreas_004.nii.gz"]}
+    (task / "dataset.json").write_text(json.dumps(meta, indent=4))
+    return task
+
+
+def tar_folder(folder: Path, archive: Path) -> Path:
+    with tarfile.open(archive, "w") as tar:
+        tar.add(folder, arcname=folder.name)
+    return archive
+
+
+BTCV_SHAPE = (40, 40, 24)
+
+
+def write_btcv(root: Path) -> Path:
+    """``root/RawData`` as unzipped from Synapse's RawData.zip."""
+    raw = root / "RawData"
+    aff = lps_affine((1.5, 1.5, 3.0), (170.0, 180.0, -360.0))
+    centres = [(x, y) for x in (7, 16, 25, 33) for y in (7, 16, 25, 33)][:13]
+    for case in (1, 2):
+        image = np.full(BTCV_SHAPE, -1000, np.int16)
+        image[2:38, 2:38, :] = 20
+        label = np.zeros(BTCV_SHAPE, np.uint8)
+        for k, (x, y) in enumerate(centres, start=1):
+            if case == 2 and k == 4:
+                continue  # no gallbladder (cholecystectomy)
+            label[ellipsoid(BTCV_SHAPE, (x, y, 12), (4.5, 4.5, 5))] = k
+        image[label > 0] = 60
+        save(image, aff, raw / "Training" / "img" / f"img{case:04d}.nii.gz")
+        save(label, aff, raw / "Training" / "label" / f"label{case:04d}.nii.gz")
+    save(np.full(BTCV_SHAPE, -1000, np.int16), aff, raw / "Testing" / "img" / "img0061.nii.gz")
+    return raw
+
+
+# ----------------------------------------------------------------------------- KiTS19
+def test_kits19_conversion_orientation_volumes_and_descriptions(tmp_path: Path) -> None:
+    src = write_kits(tmp_path / "kits19")
+    out = prepare_kits19(tmp_path / "out", src, progress=False)
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["name"] == "kits19" and meta["labels"] == {"0": "background", "1": "kidney", "2": "tumor"}
+    assert meta["test"] == ["./imagesTs/case_00210.nii.gz"]
+    described = {e["image"]: e["description"] for e in meta["training"]}
+    size = diameter_cm(volumes_mm3(src / "data" / "case_00000" / "segmentation.nii.gz")[2])
+    assert described["./imagesTr/case_00000.nii.gz"] == f"a {size:.1f} cm tumour in the left kidney; right kidney normal"
+    assert described["./imagesTr/case_00001.nii.gz"].endswith("tumour in the right kidney; left kidney normal")
+    assert described["./imagesTr/case_00002.nii.gz"].endswith("tumour in the left kidney; no right kidney")
+    written = nib.load(out / "labelsTr" / "case_00000.nii.gz")
+    assert nib.aff2axcodes(written.affine) == ("R", "A", "S") and written.get_data_dtype() == np.uint8
+    assert nib.load(out / "imagesTr" / "case_00000.nii.gz").get_data_dtype() == np.int16  # whole HU values
+    for case in ("case_00000", "case_00001", "case_00002"):
+        assert_preserved(src / "data" / case / "segmentation.nii.gz", out / "labelsTr" / f"{case}.nii.gz", rtol=1e-9)
+    report = validate_dataset(out)
+    assert report.ok, report.errors
+
+
+def test_kits19_resampling_keeps_volumes_and_positions(tmp_path: Path) -> None:
+    src = write_kits(tmp_path / "kits19")
+    out = prepare_kits19(tmp_path / "out", src / "data", spacing=(2.0, 2.0, 2.0), progress=False)
+    for case in ("case_00000", "case_00001", "case_00002"):
+        assert_preserved(src / "data" / case / "segmentation.nii.gz", out / "labelsTr" / f"{case}.nii.gz")
+    assert np.allclose(nib.affines.voxel_sizes(nib.load(out / "imagesTs" / "case_00210.nii.gz").affine), 2.0)
+    assert validate_dataset(out).ok
+
+
+def test_kits19_cli_validates_and_resumes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = write_kits(tmp_path / "kits19")
+    args = ["prepare", "kits19", "--src", str(src), "--out", str(tmp_path / "out"), "--quiet", "--max-cases", "2"]
+    assert cli.main(args) == 0
+    assert "dataset kits19" in capsys.readouterr().out
+    first = (tmp_path / "out" / "imagesTr" / "case_00000.nii.gz").stat().st_mtime_ns
+    assert cli.main(args) == 0  # same settings: resumes, finished cases are kept
+    assert (tmp_path / "out" / "imagesTr" / "case_00000.nii.gz").stat().st_mtime_ns == first
+    assert len(json.loads((tmp_path / "out" / "dataset.json").read_text())["training"]) == 2
+    assert cli.main([*args[:-2], "--spacing", "2", "2", "2"]) == 2  # other settings need --overwrite
+    assert "was prepared with" in capsys.readouterr().err
+    assert cli.main(["validate", "--data", str(tmp_path / "out")]) == 0
+
+
+def test_kits19_bad_sources(tmp_path: Path) -> None:
+    src = write_kits(tmp_path / "kits19")
+    (src / "data" / "case_00001" / "segmentation.nii.gz").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 775587\n")
+    with pytest.raises(UserInputError, match="Git LFS pointer"):
+        prepare_kits19(tmp_path / "a", src, progress=False)
+    (src / "data" / "case_00002" / "imaging.nii.gz").unlink()
+    with pytest.raises(UserInputError, match="imaging file is missing"):
+        prepare_kits19(tmp_path / "b", src, cases="2", progress=False)
+    with pytest.raises(UserInputError, match="kits19 clone"):
+        prepare_kits19(tmp_path / "c", tmp_path / "nowhere", progress=False)
+    with pytest.raises(UserInputError, match="--cases"):
+        prepare_kits19(tmp_path / "d", src, cases="5-1", progress=False)
+
+
+def test_describe_kits19_uses_world_coordinates() -> None:
+    """The same voxels read as left or right depending on the affine (RAS+: +x = patient's right)."""
+    label = np.zeros((30, 10, 10), np.uint8)
+    label[2:8, 3:7, 3:7] = 1
+    label[22:28, 3:7, 3:7] = 1
+    label[3:7, 4:6, 4:6] = 2  # tumour in the kidney at small x index
+    ras = np.diag([2.0, 2.0, 2.0, 1.0])
+    assert describe_kits19(label, ras).startswith("a ") and "left kidney; right kidney normal" in describe_kits19(label, ras)
+    las = np.diag([-2.0, 2.0, 2.0, 1.0])
+    assert "right kidney; left kidney normal" in describe_kits19(label, las)
+
+
+# ----------------------------------------------------------------------------- MSD
+def test_msd_folder_links_squeezes_skips_junk(tmp_path: Path) -> None:
+    task = write_msd(tmp_path)
+    out = prepare_msd("pancreas", tmp_path / "out", task, progress=False)
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["name"] == "msd_task07_pancreas" and meta["msd_name"] == "Pancreas"
+    assert meta["labels"]["2"] == "cancer" and meta["licence"] == "CC-BY-SA 4.0"
+    assert all(e["description"].startswith("a ") and "tumour in the pancreas" in e["description"] for e in meta["training"])
+    assert meta["test"] == ["./imagesTs/pancreas_004.nii.gz"]
+    assert not list(out.rglob("._*"))
+    assert nib.load(out / "imagesTr" / "pancreas_002.nii.gz").shape == MSD_SHAPE  # 4D squeezed
+    assert (out / "imagesTr" / "pancreas_001.nii.gz").stat().st_ino == (task / "imagesTr" / "pancreas_001.nii.gz").stat().st_ino
+    for i in (1, 2, 3):
+        assert_preserved(task / "labelsTr" / f"pancreas_{i:03d}.nii.gz", out / "labelsTr" / f"pancreas_{i:03d}.nii.gz", 1e-9)
+    assert validate_dataset(out).ok
+
+
+def test_msd_tar_with_checksum_and_resampling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    task = write_msd(tmp_path / "src")
+    archive = tar_folder(task, tmp_path / "Task07_Pancreas.tar")
+    monkeypatch.setattr(dl, "msd_source", lambda t: (f"https://example.invalid/{t}.tar", dl.file_hash(archive)))
+    out = prepare_msd("Task07_Pancreas", tmp_path / "out", archive, spacing=(1.5, 1.5, 2.0), progress=False,
+                      download_dir=tmp_path / "dl")
+    assert (tmp_path / "dl" / "Task07_Pancreas" / "dataset.json").is_file()
+    assert not list((tmp_path / "dl").rglob("._*"))  # junk members are not extracted
+    for i in (1, 2, 3):
+        assert_preserved(task / "labelsTr" / f"pancreas_{i:03d}.nii.gz", out / "labelsTr" / f"pancreas_{i:03d}.nii.gz")
+    assert validate_dataset(out).ok
+    monkeypatch.setattr(dl, "msd_source", lambda t: ("https://example.invalid/x.tar", "0" * 32))
+    with pytest.raises(UserInputError, match="md5 must be 0{32}"):
+        prepare_msd("pancreas", tmp_path / "out2", archive, progress=False, download_dir=tmp_path / "dl2")
+
+
+def test_msd_refuses_multichannel_and_unknown_tasks(tmp_path: Path) -> None:
+    task = write_msd(tmp_path, channels=2)
+    with pytest.raises(UserInputError, match="4D with one channel"):
+        prepare_msd("pancreas", tmp_path / "out", task, progress=False)
+    with pytest.raises(UserInputError, match="--task"):
+        resolve_msd_task("heart")
+    assert resolve_msd_task("07") == resolve_msd_task("task07") == "Task07_Pancreas"
+    assert resolve_msd_task("Liver") == "Task03_Liver"
+
+
+def test_msd_source_comes_from_monai() -> None:
+    from monai.apps import DecathlonDataset
+
+    url, md5 = dl.msd_source("Task07_Pancreas")
+    assert (url, md5) == (DecathlonDataset.resource["Task07_Pancreas"], DecathlonDataset.md5["Task07_Pancreas"])
+    assert md5 == "4f7080cfca169fa8066d17ce6eb061e4" and url.endswith("/Task07_Pancreas.tar")
+
+
+def test_msd_offline_is_one_line_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    url = "http://127.0.0.1:9/Task07_Pancreas.tar"  # the discard port: connection refused
+    monkeypatch.setattr(dl, "msd_source", lambda t: (url, "0" * 32))
+    code = cli.main(["prepare", "msd", "--task", "pancreas", "--out", str(tmp_path / "out"),
+                     "--download-dir", str(tmp_path / "dl"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert f"could not reach {url} (offline?)" in err and "--src /path/to/Task07_Pancreas.tar" in err
+
+
+# ----------------------------------------------------------------------------- BTCV
+def test_btcv_conversion(tmp_path: Path) -> None:
+    raw = write_btcv(tmp_path / "Abdomen")
+    zipped = tmp_path / "RawData.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        for path in sorted(raw.rglob("*")):
+            zf.write(path, path.relative_to(raw.parent).as_posix())
+        zf.writestr("__MACOSX/RawData/._img0001.nii.gz", APPLEDOUBLE)
+    out = prepare_btcv(tmp_path / "out", zipped, spacing=(1.0, 1.0, 2.0), progress=False)
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["name"] == "btcv" and meta["labels"]["10"] == "portal vein and splenic vein" and len(meta["labels"]) == 14
+    described = {e["image"]: e["description"] for e in meta["training"]}
+    assert described["./imagesTr/btcv_0001.nii.gz"].startswith("all 13 organs present")
+    assert described["./imagesTr/btcv_0002.nii.gz"].startswith("gallbladder not present; 12 organs labelled")
+    assert meta["test"] == ["./imagesTs/btcv_0061.nii.gz"]
+    for case in (1, 2):
+        assert_preserved(raw / "Training" / "label" / f"label{case:04d}.nii.gz", out / "labelsTr" / f"btcv_{case:04d}.nii.gz")
+    assert validate_dataset(out).ok
+    native = prepare_btcv(tmp_path / "native", raw, progress=False)
+    assert_preserved(raw / "Training" / "label" / "label0001.nii.gz", native / "labelsTr" / "btcv_0001.nii.gz", 1e-9)
+    assert validate_dataset(native).ok
+
+
+def test_btcv_missing_source_explains_registration(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["prepare", "btcv", "--src", str(tmp_path / "RawData"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "synapse.org" in err and "RawData.zip" in err and "Training/img/img0001.nii.gz" in err
+    assert err.count("\n") == 1
+
+
+def test_cli_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["prepare", "btcv", "--src", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert cli.main([*base, "--spacing", "0", "1", "1"]) == 2
+    assert "`--spacing` must be" in capsys.readouterr().err
+    assert cli.main([*base, "--max-cases", "0"]) == 2
+    assert "`--max-cases` must be >= 1" in capsys.readouterr().err
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.txt").write_text("x")
+    with pytest.raises(UserInputError, match="new or empty folder"):
+        prepare_btcv(tmp_path / "full", write_btcv(tmp_path / "b"), progress=False)
+
+
+# ----------------------------------------------------------------------------- downloads
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves ``server.payload`` with HTTP Range support (or ignoring it, or cut short)."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        data, srv = self.server.payload, self.server  # type: ignore[attr-defined]
+        srv.ranges.append(self.headers.get("Range"))
+        if self.path.endswith("/missing"):
+            self.send_error(404)
+            return
+        start = 0
+        if self.headers.get("Range") and not srv.ignore_range:
+            start = int(self.headers["Range"].split("=")[1].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        body = data[start:]
+        self.wfile.write(body[: srv.cut] if srv.cut else body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[http.server.HTTPServer]:
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
+    srv.payload = bytes(range(256)) * 4096  # type: ignore[attr-defined]  # 1 MiB
+    srv.ranges, srv.ignore_range, srv.cut = [], False, 0  # type: ignore[attr-defined]
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _url(srv: http.server.HTTPServer, name: str = "file.bin") -> str:
+    return f"http://127.0.0.1:{srv.server_address[1]}/{name}"
+
+
+def test_download_resumes_a_part_file(tmp_path: Path, server: http.server.HTTPServer) -> None:
+    data = server.payload  # type: ignore[attr-defined]
+    dest = tmp_path / "file.bin"
+    dest.with_name("file.bin.part").write_bytes(data[:300_000])
+    got = dl.download_file(_url(server), dest, hash_val=dl.hashlib.md5(data).hexdigest(), progress=False)
+    assert got.read_bytes() == data and server.ranges == ["bytes=300000-"]  # type: ignore[attr-defined]
+    assert not dest.with_name("file.bin.part").exists()
+    server.ignore_range = True  # type: ignore[attr-defined]  # a server without Range support: start over
+    dest2 = tmp_path / "again.bin"
+    dest2.with_name("again.bin.part").write_bytes(b"stale bytes")
+    assert dl.download_file(_url(server), dest2, progress=False).read_bytes() == data
+
+
+def test_download_interrupted_then_resumed(tmp_path: Path, server: http.server.HTTPServer) -> None:
+    server.cut = 100_000  # type: ignore[attr-defined]  # the connection drops after 100 kB
+    dest = tmp_path / "file.bin"
+    with pytest.raises(UserInputError, match="resume"):
+        dl.download_file(_url(server), dest, progress=False)
+    assert dest.with_name("file.bin.part").stat().st_size == 100_000 and not dest.exists()
+    server.cut = 0  # type: ignore[attr-defined]
+    assert dl.download_file(_url(server), dest, progress=False).read_bytes() == server.payload  # type: ignore[attr-defined]
+    assert server.ranges[-1] == "bytes=100000-"  # type: ignore[attr-defined]
+
+
+def test_download_checksum_mismatch_keeps_nothing(tmp_path: Path, server: http.server.HTTPServer) -> None:
+    dest = tmp_path / "file.bin"
+    with pytest.raises(UserInputError, match=r"md5 checksum must be 0{32}, got [0-9a-f]{32}"):
+        dl.download_file(_url(server), dest, hash_val="0" * 32, progress=False)
+    assert not dest.exists() and not dest.with_name("file.bin.part").exists()
+
+
+def test_download_errors_are_one_line(tmp_path: Path, server: http.server.HTTPServer,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(UserInputError, match=r"could not reach http://127\.0\.0\.1:9/x\.tar \(offline\?\).*--src"):
+        dl.download_file("http://127.0.0.1:9/x.tar", tmp_path / "x.tar", manual="pass --src /path/to/x.tar")
+    with pytest.raises(UserInputError, match="answered HTTP 404"):
+        dl.download_file(_url(server, "missing"), tmp_path / "m.bin", progress=False)
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(dl, "urlopen", offline)
+    with pytest.raises(UserInputError, match="could not reach https://a.example/f.tar") as info:
+        dl.download_file(["https://a.example/f.tar", "https://b.example/f.tar"], tmp_path / "f.tar")
+    assert "\n" not in str(info.value)
+
+
+def test_download_checks_free_disk_first(tmp_path: Path, server: http.server.HTTPServer,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dl.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
+    with pytest.raises(UserInputError, match="GB of free disk"):
+        dl.download_file(_url(server), tmp_path / "file.bin", progress=False)
+    assert not (tmp_path / "file.bin.part").exists() or (tmp_path / "file.bin.part").stat().st_size == 0
+
+
+# ----------------------------------------------------------------------------- archives
+def _tar_with(tmp_path: Path, member: tarfile.TarInfo, data: bytes = b"evil") -> Path:
+    archive = tmp_path / "bad.tar"
+    with tarfile.open(archive, "w") as tar:
+        good = tarfile.TarInfo("Task/ok.txt")
+        good.size = 2
+        tar.addfile(good, io.BytesIO(b"ok"))
+        tar.addfile(member, io.BytesIO(data) if member.isfile() else None)
+    return archive
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.size = kind, linkname, 4 if kind == tarfile.REGTYPE else 0
+    return info
+
+
+@pytest.mark.parametrize(("member", "message"), [
+    (_member("../evil.txt"), "'..' path that escapes"),
+    (_member("Task/../../evil.txt"), "'..' path that escapes"),
+    (_member("/tmp/tdseg_abs_evil.txt"), "absolute path"),
+    (_member("Task/link", tarfile.SYMTYPE, "/etc/passwd"), "symbolic link"),
+    (_member("Task/hard", tarfile.LNKTYPE, "../../evil.txt"), "hard link"),
+    (_member("Task/dev", tarfile.CHRTYPE), "device file"),
+])
+def test_unsafe_tar_members_are_refused(tmp_path: Path, member: tarfile.TarInfo, message: str) -> None:
+    archive = _tar_with(tmp_path, member)
+    target = tmp_path / "deep" / "target"
+    with pytest.raises(UserInputError, match=message):
+        dl.extract_archive(archive, target, progress=False)
+    assert not list(target.rglob("*"))  # checked before anything is written
+    assert not (tmp_path / "deep" / "evil.txt").exists() and not (tmp_path / "evil.txt").exists()
+    assert not Path("/tmp/tdseg_abs_evil.txt").exists()
+
+
+def test_unsafe_zip_members_are_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "bad.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ok.txt", "ok")
+        zf.writestr("../evil.txt", "evil")
+    with pytest.raises(UserInputError, match="escapes"):
+        dl.extract_archive(archive, tmp_path / "target", progress=False)
+    link = zipfile.ZipInfo("link")
+    link.external_attr = (0o120777 << 16)  # a symbolic link, as Info-ZIP stores it
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(link, "/etc/passwd")
+    with pytest.raises(UserInputError, match="link or special file"):
+        dl.extract_archive(archive, tmp_path / "target", progress=False)
+    assert not (tmp_path / "evil.txt").exists() and not list((tmp_path / "target").rglob("*"))
+
+
+def test_unsafe_archive_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    archive = _tar_with(tmp_path, _member("Task07_Pancreas/../../evil.txt"))
+    code = cli.main(["prepare", "msd", "--task", "pancreas", "--src", str(archive), "--skip-checksum",
+                     "--out", str(tmp_path / "out"), "--download-dir", str(tmp_path / "dl"), "--quiet"])
+    assert code == 2 and "refusing to extract anything" in capsys.readouterr().err
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_not_an_archive_and_junk_names(tmp_path: Path) -> None:
+    (tmp_path / "x.tar").write_bytes(b"<html>not found</html>")
+    with pytest.raises(UserInputError, match="must be a .tar or .zip archive"):
+        dl.extract_archive(tmp_path / "x.tar", tmp_path / "t", progress=False)
+    assert dl.is_junk("Task07_Pancreas/imagesTr/._pancreas_001.nii.gz") and dl.is_junk("__MACOSX/a/b.nii.gz")
+    assert dl.is_junk(".DS_Store") and not dl.is_junk("Task07_Pancreas/imagesTr/pancreas_001.nii.gz")
+
+
+def test_resample_grid_covers_the_same_field_of_view() -> None:
+    array = np.zeros((10, 10, 10), np.uint8)
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    out, new = resample(array, affine, (1.5, 1.5, 1.5), label=True)
+    assert out.shape == (20, 20, 20) and out.dtype == np.uint8
+    first_edge_old = affine[:3, :3] @ np.full(3, -0.5) + affine[:3, 3]
+    first_edge_new = new[:3, :3] @ np.full(3, -0.5) + new[:3, 3]
+    assert np.allclose(first_edge_old, first_edge_new)
