@@ -186,13 +186,14 @@ def main(argv: list[str] | None = None) -> int:
             "load_average_start": [round(x, 2) for x in os.getloadavg()], "seconds": args.seconds,
             "steps": args.steps, "train_cases": len(train), "test_cases": len(test),
             "latent_noise_eval": args.noise, "versions": versions(), "extra_overrides": overrides}
-    rows = [run_config(n, overrides, train, test, args, device) for n in names]
-    meta["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
-    meta["tumours_ge_1cm"] = rows[0]["tumours_ge_1cm"] if rows else 0
-    out = Path(args.out)
-    atomic_write_text(out, json.dumps({"meta": meta, "goals": GOALS, "results": rows}, indent=1) + "\n")
-    table = markdown(rows, meta)
-    atomic_write_text(out.with_suffix(".md"), table)
+    out, rows = Path(args.out), []
+    for name in names:  # results are rewritten after every config, so an interrupted run keeps its rows
+        rows.append(run_config(name, overrides, train, test, args, device))
+        meta["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+        meta["tumours_ge_1cm"] = rows[0]["tumours_ge_1cm"]
+        atomic_write_text(out, json.dumps({"meta": meta, "goals": GOALS, "results": rows}, indent=1) + "\n")
+        table = markdown(rows, meta)
+        atomic_write_text(out.with_suffix(".md"), table)
     print(table)
     return 0
 

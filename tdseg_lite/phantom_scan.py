@@ -99,7 +99,8 @@ def render(tissue: np.ndarray, organ: np.ndarray, grid: Grid, tumours: dict[int,
     for tid, host in sorted(tumours.items()):
         kind = "pancreas tumour" if host == "pancreas" else "kidney tumour"
         lo, hi = HU_RANGES[kind]
-        offset[tid] = rng.uniform(lo + (hi - lo) / 8, hi - (hi - lo) / 8) - base[T[kind]]
+        margin = (hi - lo) / (8 if kind == "kidney tumour" else 4)  # kidney tumours vary widely
+        offset[tid] = rng.uniform(lo + margin, hi - margin) - base[T[kind]]
     lesion = np.isin(tissue, (T["kidney tumour"], T["pancreas tumour"]))
     img[lesion] += offset[organ[lesion]]
     if blur_mm > 0:

@@ -1,8 +1,8 @@
 """Pictures: three-plane slices with label overlays, HU histograms, curves and a slice viewer.
 
 Arrays follow the NIfTI/MONAI convention: a volume is ``(X, Y, Z)`` (or ``(C, X, Y, Z)`` with
-one channel), and after ``Orientationd("RAS")`` X runs right→left, Y posterior→anterior and
-Z inferior→superior. Pictures use radiological display conventions: an axial slice is shown
+one channel), and after ``Orientationd("RAS")`` the X index grows toward the patient's Right,
+Y toward Anterior and Z toward Superior (nibabel's RAS+ convention). Pictures use radiological display conventions: an axial slice is shown
 with the patient's right on the viewer's left and anterior at the top.
 
 The interactive viewer uses ipywidgets when they can render (Jupyter, Colab) and falls back

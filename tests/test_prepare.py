@@ -36,7 +36,7 @@ from tdseg_lite.prepare import prepare_btcv, prepare_kits19, prepare_msd, resolv
 from tdseg_lite.prepare_volumes import describe_kits19, diameter_cm, resample
 from tdseg_lite.validate import validate_dataset
 
-KITS_SHAPE = (24, 32, 32)  # (slices, rows, columns), like the real (num_slices, 512, 512)
+KITS_SHAPE = (24, 32, 40)  # (slices, rows, columns), like the real (num_slices, 512, 512)
 APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        " + bytes(4066)  # a real "._" file's header
 
 
@@ -91,40 +91,44 @@ def assert_preserved(src_label: Path, out_label: Path, rtol: float = 0.02) -> No
 
 
 # ----------------------------------------------------------------------------- fixtures
-def write_kits(root: Path) -> Path:
-    """``root/data/case_XXXXX`` like a kits19 clone after ``get_imaging``; returns the clone root."""
-    aff = kits_affine()
+def write_kits(root: Path, zoom: int = 1) -> Path:
+    """``root/data/case_XXXXX`` like a kits19 clone after ``get_imaging``; returns the clone root.
+
+    ``zoom`` scales the grid and every structure (in voxels): nearest-neighbour resampling changes
+    a structure's volume by about 1/radius, so the resampling tests use structures >= 10 voxels wide.
+    """
+    aff, shape = kits_affine(), tuple(n * zoom for n in KITS_SHAPE)
     # columns (axis 2) run towards the patient's LEFT: small column = right kidney
-    cases = {0: ((8, 23), 23), 1: ((8, 23), 8), 2: ((23,), 23)}  # kidney columns, tumour column
+    cases = {0: ((10, 30), 30), 1: ((10, 30), 10), 2: ((30,), 30)}  # kidney columns, tumour column
     for case, (kidneys, tumour) in cases.items():
-        image = np.full(KITS_SHAPE, -1000.0, np.float32)
-        image[:, 4:28, 3:29] = 40.0
-        seg = np.zeros(KITS_SHAPE, np.uint8)
+        image = np.full(shape, -1000.0, np.float32)
+        image[:, 3 * zoom:29 * zoom, 2 * zoom:38 * zoom] = 40.0
+        seg = np.zeros(shape, np.uint8)
         for col in kidneys:
-            seg[ellipsoid(KITS_SHAPE, (12, 16, col), (6, 6, 5))] = 1
-        seg[ellipsoid(KITS_SHAPE, (12, 16, tumour), (4, 4, 3.5))] = 2
+            seg[ellipsoid(shape, (12 * zoom, 16 * zoom, col * zoom), (7 * zoom, 8 * zoom, 7 * zoom))] = 1
+        seg[ellipsoid(shape, (12 * zoom, 16 * zoom, (tumour + 1) * zoom), (5 * zoom, 5 * zoom, 4.5 * zoom))] = 2
         image[seg == 1], image[seg == 2] = 160.0, 60.0
         folder = root / "data" / f"case_{case:05d}"
         save(image, aff, folder / "imaging.nii.gz", sform=2, qform=0)
         save(seg, aff, folder / "segmentation.nii.gz", sform=2, qform=0)
-    save(np.full(KITS_SHAPE, -1000.0, np.float32), aff, root / "data" / "case_00210" / "imaging.nii.gz", sform=2, qform=0)
+    save(np.full(shape, -1000.0, np.float32), aff, root / "data" / "case_00210" / "imaging.nii.gz", sform=2, qform=0)
     return root
 
 
 MSD_SHAPE = (32, 32, 24)
 
 
-def write_msd(root: Path, channels: int | None = None) -> Path:
-    """``root/Task07_Pancreas`` with the real dataset.json schema and macOS junk files."""
-    task = root / "Task07_Pancreas"
+def write_msd(root: Path, channels: int | None = None, zoom: int = 1) -> Path:
+    """``root/Task07_Pancreas`` with the real dataset.json schema and macOS junk files (``zoom``: see write_kits)."""
+    task, shape = root / "Task07_Pancreas", tuple(n * zoom for n in MSD_SHAPE)
     aff = lps_affine((0.9, 0.9, 2.5), (120.0, 150.0, -300.0))
     training = []
     for i in (1, 2, 3):
-        image = np.full(MSD_SHAPE, -1000, np.int16)
-        image[3:29, 3:29, :] = 30
-        label = np.zeros(MSD_SHAPE, np.uint8)
-        label[ellipsoid(MSD_SHAPE, (16, 16, 12), (9, 6, 5))] = 1
-        label[ellipsoid(MSD_SHAPE, (14 + i, 16, 12), (5, 4, 3))] = 2
+        image = np.full(shape, -1000, np.int16)
+        image[3 * zoom:29 * zoom, 3 * zoom:29 * zoom, :] = 30
+        label = np.zeros(shape, np.uint8)
+        label[ellipsoid(shape, (16 * zoom, 16 * zoom, 12 * zoom), (9 * zoom, 6 * zoom, 5 * zoom))] = 1
+        label[ellipsoid(shape, ((14 + i) * zoom, 16 * zoom, 12 * zoom), (5 * zoom, 4 * zoom, 3 * zoom))] = 2
         image[label > 0] = 90
         name = f"pancreas_{i:03d}.nii.gz"
         arr = image[..., None] if i == 2 else image  # one (X, Y, Z, 1) image
@@ -133,7 +137,7 @@ def write_msd(root: Path, channels: int | None = None) -> Path:
         save(arr, aff, task / "imagesTr" / name)
         save(label, aff, task / "labelsTr" / name)
         training.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    save(np.full(MSD_SHAPE, -1000, np.int16), aff, task / "imagesTs" / "pancreas_004.nii.gz")
+    save(np.full(shape, -1000, np.int16), aff, task / "imagesTs" / "pancreas_004.nii.gz")
     for junk in ("imagesTr/._pancreas_001.nii.gz", "labelsTr/._pancreas_001.nii.gz", "imagesTs/._pancreas_004.nii.gz",
                  "._dataset.json"):
         (task / junk).write_bytes(APPLEDOUBLE)
@@ -152,22 +156,22 @@ def tar_folder(folder: Path, archive: Path) -> Path:
     return archive
 
 
-BTCV_SHAPE = (40, 40, 24)
+BTCV_SHAPE = (56, 56, 24)
 
 
 def write_btcv(root: Path) -> Path:
     """``root/RawData`` as unzipped from Synapse's RawData.zip."""
     raw = root / "RawData"
     aff = lps_affine((1.5, 1.5, 3.0), (170.0, 180.0, -360.0))
-    centres = [(x, y) for x in (7, 16, 25, 33) for y in (7, 16, 25, 33)][:13]
+    centres = [(x, y) for x in (7, 21, 35, 49) for y in (7, 21, 35, 49)][:13]
     for case in (1, 2):
         image = np.full(BTCV_SHAPE, -1000, np.int16)
-        image[2:38, 2:38, :] = 20
+        image[1:55, 1:55, :] = 20
         label = np.zeros(BTCV_SHAPE, np.uint8)
         for k, (x, y) in enumerate(centres, start=1):
             if case == 2 and k == 4:
                 continue  # no gallbladder (cholecystectomy)
-            label[ellipsoid(BTCV_SHAPE, (x, y, 12), (4.5, 4.5, 5))] = k
+            label[ellipsoid(BTCV_SHAPE, (x, y, 12), (6.5, 6.5, 6))] = k
         image[label > 0] = 60
         save(image, aff, raw / "Training" / "img" / f"img{case:04d}.nii.gz")
         save(label, aff, raw / "Training" / "label" / f"label{case:04d}.nii.gz")
