@@ -3,7 +3,8 @@
 Times ``tdseg_lite.phantom.generate_phantom`` for 40 cases (default config: kidney task,
 96x96x64 voxels at 3 mm, files written and gzipped) once per ``--workers`` value, then pools the
 HU statistics of the same cases per tissue and per label. Prints a summary and a Markdown table
-(for the README "Results / The phantom" section) and writes everything as JSON.
+(for the README "Results / The phantom" section); writes ``benchmarks/results/phantom.json``
+and the table as ``phantom.md`` next to it (or ``--out``).
 
 Target: 40 cases in <= 30 s on 2 CPU cores. Timings on a shared machine are noisy: the JSON
 records the load average before and after each run.
@@ -34,7 +35,7 @@ from tdseg_lite.phantom import (
 )
 from tdseg_lite.utils import atomic_write_text
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bench_phantom.json"
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "phantom.json"
 
 
 def _load() -> list[float] | None:
@@ -96,9 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         report["label_hu"] = hu_statistics(cases, by="label")
         report["tumours"] = sum(f["kind"] == "tumour" for c in cases for f in c.findings)
         report["tumour_sizes_cm"] = sorted(f["size_cm"] for c in cases for f in c.findings if f["kind"] == "tumour")
+    table = markdown(report)
     atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
-    print(markdown(report))
-    print(f"wrote {args.out}")
+    atomic_write_text(args.out.with_suffix(".md"), table + "\n")
+    print(table)
+    print(f"wrote {args.out} and {args.out.with_suffix('.md')}")
     return 0
 
 

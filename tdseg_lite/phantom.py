@@ -257,8 +257,16 @@ def generate_phantom(out_dir: str | Path, cfg: PhantomConfig | None = None, *, w
     Args:
         out_dir: a new or empty folder, or an earlier phantom dataset (overwritten).
         cfg: what to generate (default ``PhantomConfig()``: 40 kidney cases, 96x96x64 at 3 mm).
-        workers: processes (1 = in this process). Output does not depend on it.
+        workers: processes (1 = in this process). The files do not depend on it; on a busy
+            2-core machine 1 is as fast (see benchmarks/bench_phantom.py).
         progress: print one line per case.
+
+    Returns:
+        ``Path(out_dir)``.
+
+    Raises:
+        UserInputError: ``out_dir`` is a file or a non-empty folder that is not a phantom, or
+            ``workers`` < 1.
     """
     cfg = cfg or PhantomConfig()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -294,7 +302,12 @@ def generate_phantom(out_dir: str | Path, cfg: PhantomConfig | None = None, *, w
 
 
 def ensure_phantom(out_dir: str | Path, cfg: PhantomConfig | None = None, *, workers: int = 2) -> Path:
-    """Reuse ``out_dir`` if its dataset.json was written for ``cfg`` and all files exist; else generate."""
+    """Return ``out_dir`` if it already holds the phantom of ``cfg``, else (re)generate it there.
+
+    "Holds" means: dataset.json has a ``"tdseg_phantom"`` block equal to ``cfg.block()``
+    (task, seed, number of cases, every option, generator version) and every listed file exists.
+    Notebooks call this so that re-running them costs nothing.
+    """
     cfg = cfg or PhantomConfig()
     out = Path(out_dir)
     meta = _read_json(out / "dataset.json")
@@ -307,14 +320,17 @@ def ensure_phantom(out_dir: str | Path, cfg: PhantomConfig | None = None, *, wor
 
 def add_cli_arguments(parser: Any) -> None:
     """Arguments of ``tdseg phantom`` (values are checked in ``cli_main`` for one-line errors)."""
-    parser.add_argument("--out", required=True, help="output folder (new, empty, or an earlier phantom)")
-    parser.add_argument("--cases", default="40", help="number of cases (default 40)")
-    parser.add_argument("--seed", default="0", help="random seed (default 0)")
-    parser.add_argument("--task", default="kidney", help="kidney (KiTS19-like) | pancreas (MSD) | multiorgan (BTCV)")
-    parser.add_argument("--tumour-fraction", default=None, help="P(tumour) per kidney/pancreas, 0..1")
-    parser.add_argument("--anisotropic", action="store_true", help="per-case finer in-plane, thicker slices")
-    parser.add_argument("--orientation", default="RAS", help="array axis directions: RAS (default), LPS, IPL, ...")
-    parser.add_argument("--workers", default="2", help="processes (default 2)")
+    add = parser.add_argument
+    add("--out", required=True, metavar="DIR", help="output folder (new, empty, or an earlier phantom)")
+    add("--cases", default="40", metavar="N", help="number of cases (default 40)")
+    add("--seed", default="0", metavar="S", help="random seed (default 0)")
+    add("--task", default="kidney", metavar="{kidney,pancreas,multiorgan}",
+        help="label set: KiTS19-like, MSD-pancreas-like or a BTCV subset (default kidney)")
+    add("--tumour-fraction", default=None, metavar="F", help="P(tumour) per kidney/pancreas in [0, 1] "
+        "(default 0.5; multiorgan 0)")
+    add("--anisotropic", action="store_true", help="per case: other in-plane spacing, 1.4-2x thicker slices")
+    add("--orientation", default="RAS", metavar="CODE", help="array axis directions, e.g. RAS (default), LPS, IPL")
+    add("--workers", default="2", metavar="W", help="processes (default 2; the files do not depend on it)")
 
 
 def _number(flag: str, value: str | None, kind: type, example: str) -> Any:

@@ -2,9 +2,9 @@
 
 World frame: NIfTI RAS+ mm (``+x`` = patient Right, ``+y`` = Anterior, ``+z`` = Superior),
 origin at the centre of the field of view. Painting order (later strokes win, but never over
-bone or the great vessels): body wall and table -> bowel -> perirenal fat -> back muscles and
-psoas -> spine and ribs -> aorta and IVC -> stomach, liver (+ vessels), gallbladder, spleen ->
-duodenum, pancreas -> kidneys. Tumours are added afterwards by ``phantom_findings``.
+bone or the great vessels): body wall and table -> bowel and colon -> psoas -> spine and ribs
+-> aorta and IVC -> stomach, liver (+ vessels), gallbladder, spleen -> duodenum, pancreas ->
+perirenal fat (where no organ is) and kidneys. Tumours are added by ``phantom_findings``.
 
 Placement (patient frame): liver right-upper, spleen left-upper-posterior, stomach left-upper-
 anterior, kidneys posterior either side of the spine (the right one lower), pancreas anterior

@@ -147,25 +147,31 @@ def hu_statistics(cases: Iterable[Any], by: str = "tissue", core: bool = True) -
     Args:
         cases: ``PhantomCase`` objects (``image``, ``tissue``, ``label``, ``task``).
         by: "tissue" (``TISSUES``, with the ``HU_RANGES`` they should fall in) or "label".
-        core: for tissues, only voxels whose 6 neighbours share their tissue.
+        core: for tissues, only voxels whose 6 neighbours share their tissue (no partial volume);
+            a tissue too thin to have 20 such voxels (e.g. the cortical rim) uses all its voxels.
 
     Returns:
-        name -> {"mean", "std", "voxels", "expected"}; ``expected`` is (lo, hi) or None.
+        name -> {"mean", "std", "voxels", "core", "expected"}; ``expected`` is (lo, hi) or None.
     """
     if by not in ("tissue", "label"):
         raise ValueError(f"`by` must be 'tissue' or 'label', got {by!r}.")
-    acc, names = np.zeros((3, 256)), {}
+    acc, names = np.zeros((2, 3, 256)), {}
     for case in cases:
         keys = case.tissue if by == "tissue" else case.label
         names = dict(enumerate(TISSUES)) if by == "tissue" else LABEL_SETS[case.task]
-        m = _core(case.tissue) if core and by == "tissue" else np.ones(keys.shape, bool)
-        k, v = keys[m].astype(np.int64), case.image[m].astype(np.float64)
-        acc += [np.bincount(k, minlength=256), np.bincount(k, v, minlength=256), np.bincount(k, v * v, minlength=256)]
+        masks = (np.ones(keys.shape, bool), _core(case.tissue) if core and by == "tissue" else None)
+        for j, m in enumerate(masks):
+            if m is not None:
+                k, v = keys[m].astype(np.int64), case.image[m].astype(np.float64)
+                acc[j] += [np.bincount(k, minlength=256), np.bincount(k, v, minlength=256),
+                           np.bincount(k, v * v, minlength=256)]
     out = {}
     for i, name in names.items():
-        cnt, s, s2 = acc[:, i]
+        use_core = acc[1, 0, i] >= 20
+        cnt, s, s2 = acc[int(use_core), :, i]
         if cnt:
             mean = s / cnt
             out[name] = {"mean": round(float(mean), 1), "std": round(float(np.sqrt(max(s2 / cnt - mean**2, 0))), 1),
-                         "voxels": int(cnt), "expected": HU_RANGES.get(name) if by == "tissue" else None}
+                         "voxels": int(cnt), "core": bool(use_core),
+                         "expected": HU_RANGES.get(name) if by == "tissue" else None}
     return out

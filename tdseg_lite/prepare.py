@@ -64,8 +64,8 @@ MSD_TASKS: dict[str, tuple[str, str, int | None, int | None]] = {
 
 
 # ----------------------------------------------------------------------------- output folder
-def _start(out: str | os.PathLike[str], settings: dict[str, Any], overwrite: bool) -> Path:
-    """Create ``out`` and record the settings; a re-run with the same settings resumes (skips done cases)."""
+def _check_out(out: str | os.PathLike[str], settings: dict[str, Any], overwrite: bool) -> Path:
+    """Refuse an ``out`` holding other files or other settings; a re-run with the same settings resumes."""
     out, settings = Path(out).expanduser(), json.loads(json.dumps(settings))
     record = out / "prepare.json"
     if record.is_file() and not overwrite:
@@ -76,9 +76,13 @@ def _start(out: str | os.PathLike[str], settings: dict[str, Any], overwrite: boo
     elif out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserInputError(f"`--out` must be a new or empty folder, got {out} holding other files; pass a new "
                              "folder, or --overwrite to write into it anyway")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(record, json.dumps(settings, indent=2) + "\n")
     return out
+
+
+def _claim(out: Path, settings: dict[str, Any]) -> None:
+    """Create ``out`` and record the settings (after the source was found, so a bad --src leaves nothing)."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "prepare.json", json.dumps(settings, indent=2) + "\n")
 
 
 def _finish(out: Path, meta: dict[str, Any], training: list[dict[str, str]], test: list[str]) -> Path:
@@ -147,13 +151,17 @@ def prepare_kits19(out: str | os.PathLike[str], src: str | os.PathLike[str] | No
         overwrite: convert into an ``out`` holding other files or other settings.
         progress: ``tqdm.auto`` progress bars.
     """
-    out = _start(out, {"dataset": "kits19", "spacing": spacing}, overwrite)
     wanted = _parse_cases(cases)
+    if wanted and max(wanted) > 299:
+        raise UserInputError(f"`--cases` must lie in 0-299 (KiTS19 has 300 cases), got {cases!r}. Pass e.g. --cases 0-209.")
+    settings = {"dataset": "kits19", "spacing": spacing}
+    out = _check_out(out, settings, overwrite)
     if src is None:
         folder = Path(download_dir or out.parent / "downloads" / "kits19").expanduser()
         root = dl.download_kits19(folder, sorted(wanted if wanted is not None else dl.KITS19_LABELLED), progress)
     else:
         root = _kits_root(Path(src).expanduser())
+    _claim(out, settings)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and re.fullmatch(r"case_\d{5}", p.name)
                      and (wanted is None or int(p.name[5:]) in wanted))
     training: list[dict[str, str]] = []
@@ -245,9 +253,11 @@ def prepare_msd(task: str, out: str | os.PathLike[str], src: str | os.PathLike[s
         progress: ``tqdm.auto`` progress bars.
     """
     task = resolve_msd_task(task)
-    out = _start(out, {"dataset": "msd", "task": task, "spacing": spacing}, overwrite)
+    settings = {"dataset": "msd", "task": task, "spacing": spacing}
+    out = _check_out(out, settings, overwrite)
     target = Path(download_dir or out.parent / "downloads").expanduser()
     folder = _msd_folder(task, None if src is None else Path(src).expanduser(), target, verify, progress)
+    _claim(out, settings)
     try:
         meta = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
         entries = [e for e in meta["training"] if not dl.is_junk(e["image"])][:max_cases]
@@ -307,8 +317,10 @@ def prepare_btcv(out: str | os.PathLike[str], src: str | os.PathLike[str] | None
         overwrite: convert into an ``out`` holding other files or other settings.
         progress: ``tqdm.auto`` progress bars.
     """
-    out = _start(out, {"dataset": "btcv", "spacing": spacing}, overwrite)
+    settings = {"dataset": "btcv", "spacing": spacing}
+    out = _check_out(out, settings, overwrite)
     root = _btcv_root(src, None if download_dir is None else Path(download_dir).expanduser(), progress)
+    _claim(out, settings)
     training = []
     for image in _progress(_nifti_files(root / "Training" / "img", "img")[:max_cases], "BTCV", progress):
         label = root / "Training" / "label" / image.name.replace("img", "label", 1)

@@ -11,6 +11,10 @@ Mimicked formats (tiny arrays, real header conventions):
   affine ``diag(-0.9, -0.9, 2.5)`` with an origin, qform = sform code 1, int16 HU, uint8 labels.
 * BTCV ``RawData/Training/{img,label}/imgNNNN|labelNNNN.nii.gz``, ``RawData/Testing/img/``: labels 0-13,
   one case without a gallbladder, LPS-style affine with an origin.
+
+Nearest-neighbour resampling changes a structure's volume by roughly 1/(radius in target voxels)
+(unbiased on average, see ``test_resample_nearest_is_unbiased``), so the 2 % volume checks after
+resampling use structures >= ~10 target voxels in radius (``zoom``), like real organs and tumours.
 """
 
 from __future__ import annotations
@@ -32,8 +36,18 @@ import pytest
 from tdseg_lite import cli
 from tdseg_lite import download as dl
 from tdseg_lite.errors import UserInputError
-from tdseg_lite.prepare import prepare_btcv, prepare_kits19, prepare_msd, resolve_msd_task
-from tdseg_lite.prepare_volumes import describe_kits19, diameter_cm, resample
+from tdseg_lite.prepare import (
+    prepare_btcv,
+    prepare_kits19,
+    prepare_msd,
+    resolve_msd_task,
+)
+from tdseg_lite.prepare_volumes import (
+    describe_kits19,
+    describe_lesions,
+    diameter_cm,
+    resample,
+)
 from tdseg_lite.validate import validate_dataset
 
 KITS_SHAPE = (24, 32, 40)  # (slices, rows, columns), like the real (num_slices, 512, 512)
@@ -127,8 +141,8 @@ def write_msd(root: Path, channels: int | None = None, zoom: int = 1) -> Path:
         image = np.full(shape, -1000, np.int16)
         image[3 * zoom:29 * zoom, 3 * zoom:29 * zoom, :] = 30
         label = np.zeros(shape, np.uint8)
-        label[ellipsoid(shape, (16 * zoom, 16 * zoom, 12 * zoom), (9 * zoom, 6 * zoom, 5 * zoom))] = 1
-        label[ellipsoid(shape, ((14 + i) * zoom, 16 * zoom, 12 * zoom), (5 * zoom, 4 * zoom, 3 * zoom))] = 2
+        label[ellipsoid(shape, (16 * zoom, 16 * zoom, 12 * zoom), (11 * zoom, 7 * zoom, 5 * zoom))] = 1
+        label[ellipsoid(shape, ((14 + i) * zoom, 16 * zoom, 12 * zoom), (7 * zoom, 6 * zoom, 3 * zoom))] = 2
         image[label > 0] = 90
         name = f"pancreas_{i:03d}.nii.gz"
         arr = image[..., None] if i == 2 else image  # one (X, Y, Z, 1) image
@@ -156,26 +170,26 @@ def tar_folder(folder: Path, archive: Path) -> Path:
     return archive
 
 
-BTCV_SHAPE = (56, 56, 24)
+BTCV_SHAPE = (28, 28, 12)
 
 
-def write_btcv(root: Path) -> Path:
-    """``root/RawData`` as unzipped from Synapse's RawData.zip."""
-    raw = root / "RawData"
+def write_btcv(root: Path, zoom: int = 3) -> Path:
+    """``root/RawData`` as unzipped from Synapse's RawData.zip (``zoom``: see write_kits)."""
+    raw, shape = root / "RawData", tuple(n * zoom for n in BTCV_SHAPE)
     aff = lps_affine((1.5, 1.5, 3.0), (170.0, 180.0, -360.0))
-    centres = [(x, y) for x in (7, 21, 35, 49) for y in (7, 21, 35, 49)][:13]
+    centres = [(x * zoom, y * zoom) for x in (3.5, 10.5, 17.5, 24.5) for y in (3.5, 10.5, 17.5, 24.5)][:13]
     for case in (1, 2):
-        image = np.full(BTCV_SHAPE, -1000, np.int16)
-        image[1:55, 1:55, :] = 20
-        label = np.zeros(BTCV_SHAPE, np.uint8)
+        image = np.full(shape, -1000, np.int16)
+        image[zoom:-zoom, zoom:-zoom, :] = 20
+        label = np.zeros(shape, np.uint8)
         for k, (x, y) in enumerate(centres, start=1):
             if case == 2 and k == 4:
                 continue  # no gallbladder (cholecystectomy)
-            label[ellipsoid(BTCV_SHAPE, (x, y, 12), (6.5, 6.5, 6))] = k
+            label[ellipsoid(shape, (x, y, 6 * zoom), (3.25 * zoom, 3.25 * zoom, 3 * zoom))] = k
         image[label > 0] = 60
         save(image, aff, raw / "Training" / "img" / f"img{case:04d}.nii.gz")
         save(label, aff, raw / "Training" / "label" / f"label{case:04d}.nii.gz")
-    save(np.full(BTCV_SHAPE, -1000, np.int16), aff, raw / "Testing" / "img" / "img0061.nii.gz")
+    save(np.full(shape, -1000, np.int16), aff, raw / "Testing" / "img" / "img0061.nii.gz")
     return raw
 
 
@@ -198,14 +212,17 @@ def test_kits19_conversion_orientation_volumes_and_descriptions(tmp_path: Path) 
         assert_preserved(src / "data" / case / "segmentation.nii.gz", out / "labelsTr" / f"{case}.nii.gz", rtol=1e-9)
     report = validate_dataset(out)
     assert report.ok, report.errors
+    from tdseg_lite.prompts import case_prompts
+
+    assert case_prompts(meta)[0].startswith("A computerized tomography of a kidney and kidney tumor. A ")
 
 
 def test_kits19_resampling_keeps_volumes_and_positions(tmp_path: Path) -> None:
-    src = write_kits(tmp_path / "kits19")
-    out = prepare_kits19(tmp_path / "out", src / "data", spacing=(2.0, 2.0, 2.0), progress=False)
+    src = write_kits(tmp_path / "kits19", zoom=2)
+    out = prepare_kits19(tmp_path / "out", src / "data", spacing=(1.5, 1.5, 2.0), progress=False)
     for case in ("case_00000", "case_00001", "case_00002"):
         assert_preserved(src / "data" / case / "segmentation.nii.gz", out / "labelsTr" / f"{case}.nii.gz")
-    assert np.allclose(nib.affines.voxel_sizes(nib.load(out / "imagesTs" / "case_00210.nii.gz").affine), 2.0)
+    assert np.allclose(nib.affines.voxel_sizes(nib.load(out / "imagesTs" / "case_00210.nii.gz").affine), (1.5, 1.5, 2.0))
     assert validate_dataset(out).ok
 
 
@@ -236,6 +253,8 @@ def test_kits19_bad_sources(tmp_path: Path) -> None:
         prepare_kits19(tmp_path / "c", tmp_path / "nowhere", progress=False)
     with pytest.raises(UserInputError, match="--cases"):
         prepare_kits19(tmp_path / "d", src, cases="5-1", progress=False)
+    with pytest.raises(UserInputError, match="0-299"):
+        prepare_kits19(tmp_path / "e", src, cases="0-300", progress=False)
 
 
 def test_describe_kits19_uses_world_coordinates() -> None:
@@ -248,6 +267,19 @@ def test_describe_kits19_uses_world_coordinates() -> None:
     assert describe_kits19(label, ras).startswith("a ") and "left kidney; right kidney normal" in describe_kits19(label, ras)
     las = np.diag([-2.0, 2.0, 2.0, 1.0])
     assert "right kidney; left kidney normal" in describe_kits19(label, las)
+
+
+def test_describe_lesions_for_each_msd_task() -> None:
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    label = np.zeros((40, 40, 40), np.uint8)
+    label[5:35, 5:35, 5:35] = 1
+    assert describe_lesions(label, affine, "spleen", 1, None) == "a spleen of 27 mL"
+    assert describe_lesions(label, affine, "liver", 1, 2) == "liver without tumour"
+    label[10:20, 10:20, 10:20] = 2
+    label[25:28, 25:28, 25:28] = 2  # 27 mm³: a second, small tumour
+    label[31, 31, 31] = 2  # 1 mm³: annotation noise, ignored
+    assert describe_lesions(label, affine, "liver", 1, 2) == f"2 tumours in the liver, the largest {diameter_cm(1000):.1f} cm"
+    assert describe_lesions(label == 2, affine, "colon", None, 1).startswith("2 tumours in the colon")
 
 
 # ----------------------------------------------------------------------------- MSD
@@ -268,7 +300,7 @@ def test_msd_folder_links_squeezes_skips_junk(tmp_path: Path) -> None:
 
 
 def test_msd_tar_with_checksum_and_resampling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    task = write_msd(tmp_path / "src")
+    task = write_msd(tmp_path / "src", zoom=3)
     archive = tar_folder(task, tmp_path / "Task07_Pancreas.tar")
     monkeypatch.setattr(dl, "msd_source", lambda t: (f"https://example.invalid/{t}.tar", dl.file_hash(archive)))
     out = prepare_msd("Task07_Pancreas", tmp_path / "out", archive, spacing=(1.5, 1.5, 2.0), progress=False,
@@ -320,7 +352,7 @@ def test_btcv_conversion(tmp_path: Path) -> None:
         for path in sorted(raw.rglob("*")):
             zf.write(path, path.relative_to(raw.parent).as_posix())
         zf.writestr("__MACOSX/RawData/._img0001.nii.gz", APPLEDOUBLE)
-    out = prepare_btcv(tmp_path / "out", zipped, spacing=(1.0, 1.0, 2.0), progress=False)
+    out = prepare_btcv(tmp_path / "out", zipped, spacing=(1.5, 1.5, 2.0), progress=False)
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["name"] == "btcv" and meta["labels"]["10"] == "portal vein and splenic vein" and len(meta["labels"]) == 14
     described = {e["image"]: e["description"] for e in meta["training"]}
@@ -339,7 +371,7 @@ def test_btcv_missing_source_explains_registration(tmp_path: Path, capsys: pytes
     assert cli.main(["prepare", "btcv", "--src", str(tmp_path / "RawData"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "synapse.org" in err and "RawData.zip" in err and "Training/img/img0001.nii.gz" in err
-    assert err.count("\n") == 1
+    assert err.count("\n") == 1 and not (tmp_path / "o").exists()  # a bad --src leaves nothing behind
 
 
 def test_cli_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -358,7 +390,7 @@ def test_cli_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[s
 class _RangeHandler(http.server.BaseHTTPRequestHandler):
     """Serves ``server.payload`` with HTTP Range support (or ignoring it, or cut short)."""
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         data, srv = self.server.payload, self.server  # type: ignore[attr-defined]
         srv.ranges.append(self.headers.get("Range"))
         if self.path.endswith("/missing"):
@@ -385,7 +417,7 @@ def server() -> Iterator[http.server.HTTPServer]:
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
     srv.payload = bytes(range(256)) * 4096  # type: ignore[attr-defined]  # 1 MiB
     srv.ranges, srv.ignore_range, srv.cut = [], False, 0  # type: ignore[attr-defined]
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield srv
     srv.shutdown()
@@ -516,6 +548,19 @@ def test_not_an_archive_and_junk_names(tmp_path: Path) -> None:
         dl.extract_archive(tmp_path / "x.tar", tmp_path / "t", progress=False)
     assert dl.is_junk("Task07_Pancreas/imagesTr/._pancreas_001.nii.gz") and dl.is_junk("__MACOSX/a/b.nii.gz")
     assert dl.is_junk(".DS_Store") and not dl.is_junk("Task07_Pancreas/imagesTr/pancreas_001.nii.gz")
+
+
+def test_resample_nearest_is_unbiased() -> None:
+    """Nearest-neighbour label volumes scatter by ~1/radius (in voxels) but average out: no systematic shrink."""
+    rng = np.random.default_rng(0)
+    affine = np.diag([3.0, 2.4, 2.4, 1.0])
+    errors = []
+    for _ in range(40):
+        centre = tuple(17 + rng.uniform(-5, 5) for _ in range(3))
+        label = ellipsoid((34, 34, 34), centre, (6, 6, 5)).astype(np.uint8)
+        out, new = resample(label, affine, (2.0, 2.0, 2.0), label=True)
+        errors.append(out.sum() * np.prod(nib.affines.voxel_sizes(new)) / (label.sum() * 3.0 * 2.4 * 2.4) - 1)
+    assert abs(np.mean(errors)) < 0.01 and np.std(errors) < 0.04
 
 
 def test_resample_grid_covers_the_same_field_of_view() -> None:
