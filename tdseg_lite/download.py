@@ -229,7 +229,8 @@ def _stream(response, part: Path, offset: int, total: int | None, progress: bool
             out.flush()
             raise UserInputError(
                 f"download of {url} was interrupted after {part.stat().st_size / 1e6:.1f} MB, got "
-                f"{type(err).__name__}: {err}; run the same command again to resume from {part}") from None
+                f"{type(err).__name__}: {' '.join(str(err).split())}; run the same command again to resume "
+                f"from {part}") from None
 
 
 def download_file(url: str | Sequence[str], dest: str | os.PathLike[str], *, hash_val: str | None = None,

@@ -41,7 +41,17 @@ from tdseg_lite.prepare_volumes import (
 )
 from tdseg_lite.utils import atomic_write_text
 
-__all__ = ["add_cli_arguments", "cli_main", "prepare_btcv", "prepare_kits19", "prepare_msd"]
+__all__ = [
+    "BTCV_LABELS",
+    "KITS19_LABELS",
+    "MSD_TASKS",
+    "add_cli_arguments",
+    "cli_main",
+    "prepare_btcv",
+    "prepare_kits19",
+    "prepare_msd",
+    "resolve_msd_task",
+]
 
 #: KiTS19 labels (README "Loading Data": 0 background, 1 kidney, 2 tumor).
 KITS19_LABELS = {"0": "background", "1": "kidney", "2": "tumor"}

@@ -388,16 +388,17 @@ def test_cli_rejects_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 # ----------------------------------------------------------------------------- downloads
 class _RangeHandler(http.server.BaseHTTPRequestHandler):
-    """Serves ``server.payload`` with HTTP Range support (or ignoring it, or cut short)."""
+    """Serves ``server.files[path]`` with HTTP Range support (or ignoring it, or cut short)."""
 
-    def do_GET(self) -> None:
-        data, srv = self.server.payload, self.server  # type: ignore[attr-defined]
-        srv.ranges.append(self.headers.get("Range"))
-        if self.path.endswith("/missing"):
+    def do_GET(self) -> None:  # http.server's method name
+        srv = self.server
+        srv.ranges.append(self.headers.get("Range"))  # type: ignore[attr-defined]
+        data = srv.files.get(self.path)  # type: ignore[attr-defined]
+        if data is None:
             self.send_error(404)
             return
         start = 0
-        if self.headers.get("Range") and not srv.ignore_range:
+        if self.headers.get("Range") and not srv.ignore_range:  # type: ignore[attr-defined]
             start = int(self.headers["Range"].split("=")[1].split("-")[0])
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -406,7 +407,7 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data) - start))
         self.end_headers()
         body = data[start:]
-        self.wfile.write(body[: srv.cut] if srv.cut else body)
+        self.wfile.write(body[: srv.cut] if srv.cut else body)  # type: ignore[attr-defined]
 
     def log_message(self, *args: object) -> None:
         pass
@@ -416,6 +417,7 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
 def server() -> Iterator[http.server.HTTPServer]:
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
     srv.payload = bytes(range(256)) * 4096  # type: ignore[attr-defined]  # 1 MiB
+    srv.files = {"/file.bin": srv.payload}  # type: ignore[attr-defined]
     srv.ranges, srv.ignore_range, srv.cut = [], False, 0  # type: ignore[attr-defined]
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -426,6 +428,47 @@ def server() -> Iterator[http.server.HTTPServer]:
 
 def _url(srv: http.server.HTTPServer, name: str = "file.bin") -> str:
     return f"http://127.0.0.1:{srv.server_address[1]}/{name}"
+
+
+def test_kits19_download_mirrors_and_sha256(tmp_path: Path, server: http.server.HTTPServer,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Segmentations from the repository URL, imaging from the first mirror that answers, SHA-256 checked."""
+    src = write_kits(tmp_path / "kits19") / "data"
+    files = server.files  # type: ignore[attr-defined]
+    listing = []
+    for case in (0, 1):
+        files[f"/seg/case_{case:05d}.nii.gz"] = (src / f"case_{case:05d}" / "segmentation.nii.gz").read_bytes()
+        image = (src / f"case_{case:05d}" / "imaging.nii.gz").read_bytes()
+        files[f"/img/case_{case:05d}.nii.gz"] = image
+        listing.append({"type": "file", "path": f"images/case_{case:05d}.nii.gz",
+                        "lfs": {"oid": dl.hashlib.sha256(image).hexdigest(), "size": len(image)}})
+    files["/tree"] = json.dumps(listing).encode()
+    base = _url(server, "").rstrip("/")
+    monkeypatch.setattr(dl, "KITS19_SEGMENTATION_URL", base + "/seg/case_{case:05d}.nii.gz")
+    monkeypatch.setattr(dl, "KITS19_IMAGING_URLS", (base + "/gone/{case:05d}", base + "/img/case_{case:05d}.nii.gz"))
+    monkeypatch.setattr(dl, "KITS19_IMAGING_TREE", base + "/tree")
+    out = prepare_kits19(tmp_path / "out", cases="0-1", download_dir=tmp_path / "dl", progress=False)
+    assert sorted(p.name for p in (out / "labelsTr").iterdir()) == ["case_00000.nii.gz", "case_00001.nii.gz"]
+    assert validate_dataset(out).ok
+    files["/img/case_00001.nii.gz"] = b"\x1f\x8b" + bytes(100)  # tampered: wrong SHA-256
+    (tmp_path / "dl" / "case_00001" / "imaging.nii.gz").unlink()
+    with pytest.raises(UserInputError, match="sha256 checksum must be"):
+        prepare_kits19(tmp_path / "out2", cases="1", download_dir=tmp_path / "dl", progress=False)
+    assert not (tmp_path / "dl" / "case_00001" / "imaging.nii.gz").exists()
+
+
+def test_kits19_offline_names_the_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    def offline(*args: object, **kwargs: object) -> None:
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(dl, "urlopen", offline)
+    code = cli.main(["prepare", "kits19", "--cases", "0", "--out", str(tmp_path / "out"),
+                     "--download-dir", str(tmp_path / "dl"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert ("could not reach https://raw.githubusercontent.com/neheller/kits19/master/data/case_00000/"
+            "segmentation.nii.gz (offline?)") in err and "--src /path/to/kits19" in err
 
 
 def test_download_resumes_a_part_file(tmp_path: Path, server: http.server.HTTPServer) -> None:
