@@ -1,0 +1,297 @@
+"""The one interface of every model (TextDiffSeg and the baselines) and the shared diffusion machinery.
+
+Training and evaluation code never asks which model it holds; every model is a ``Segmenter``::
+
+    losses = model.loss(batch)            # {"loss": total, "<term>": ...}, batch = {"image", "label", "description"}
+    probs = model.predict(image, text)    # (B, N, D, H, W) class probabilities
+    probs, unc = model.predict(image, text, samples=5, uncertainty=True)   # + (B, 1, D, H, W)
+
+``TextConditioner`` turns case descriptions into prompts and prompts into cached embeddings
+(``TextEncoder`` runs once per distinct prompt, never per step), applies the text dropout of
+classifier-free guidance and provides the null ("no text") embedding.
+
+``DiffusionSegmenter`` holds what TextDiffSeg and the pixel-space baseline share: the schedules,
+the denoising terms of the joint loss (Eq. 5 noising, MSE on the target, Dice + CE on the
+decoded ẑ0), the guided denoiser call and the DDIM sampling of an ensemble. A subclass says how
+labels enter the diffusion space (``encode_labels``), how a sample leaves it (``decode``), how the
+image and text condition the denoiser (``image_features``, ``condition``) and how the denoiser is
+called (``denoise``).
+
+Explained in notebooks/03_conditional_unet_and_diffusion.ipynb
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tdseg_lite.diffusion import (DiffusionConfig, classifier_free_guidance, ddim_sample, denoising_target,
+                                  ensemble_statistics, make_scheduler, predicted_x0, sample_timesteps)
+from tdseg_lite.errors import UserInputError
+from tdseg_lite.prompts import case_prompt
+from tdseg_lite.text import TextEmbedding
+
+__all__ = ["DiffusionSegmenter", "Segmenter", "TextConditioner", "as_plain", "batch_descriptions"]
+
+
+def as_plain(x: torch.Tensor) -> torch.Tensor:
+    """MetaTensor -> plain tensor (drops MONAI's meta bookkeeping, which slows every op)."""
+    return x.as_subclass(torch.Tensor) if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+
+
+def batch_descriptions(batch: Mapping[str, Any], size: int) -> list[str | None]:
+    """The per-case ``description`` strings of a collated batch (``None`` where absent)."""
+    desc = batch.get("description")
+    if desc is None:
+        return [None] * size
+    desc = [desc] if isinstance(desc, str) else list(desc)
+    if len(desc) != size:
+        raise UserInputError(f"`batch['description']` must hold one entry per case ({size}), got {len(desc)}. "
+                             "Collate the datalist's description field with the images.")
+    return [d if isinstance(d, str) and d.strip() else None for d in desc]
+
+
+class TextConditioner:
+    """Prompts -> cached text embeddings on the model's device, with dropout and the null prompt.
+
+    Args:
+        encoder: a ``TextEncoder`` (its cache makes a repeated prompt a dictionary lookup).
+        phrases: foreground label phrases for the prompt template, e.g. ``["kidney", "kidney tumor"]``.
+    """
+
+    def __init__(self, encoder: Any, phrases: Sequence[str]) -> None:
+        self.encoder, self.phrases = encoder, list(phrases)
+        self._null: TextEmbedding | None = None
+
+    @property
+    def dim(self) -> int:
+        """D, the token width."""
+        return int(self.null(1, "cpu").tokens.shape[-1])
+
+    def prompts(self, descriptions: Sequence[str | None]) -> list[str]:
+        """One prompt per case: the label template plus the case description (``prompts.case_prompt``)."""
+        return [case_prompt(self.phrases, d) for d in descriptions]
+
+    @staticmethod
+    def _clean(emb: TextEmbedding, device: torch.device | str) -> TextEmbedding:
+        """Zero the padding tokens (MONAI's cross-attention has no key mask) and move to ``device``."""
+        tokens = emb.tokens * emb.mask.unsqueeze(-1).to(emb.tokens.dtype)
+        return TextEmbedding(tokens, emb.mask, emb.pooled, emb.input_ids).to(device)
+
+    def null(self, batch: int, device: torch.device | str) -> TextEmbedding:
+        """The null-prompt embedding repeated ``batch`` times."""
+        if self._null is None:
+            self._null = self._clean(self.encoder.null_embedding(1), "cpu")
+        return self._null.to(device).map(lambda t: t.expand(batch, *t.shape[1:]).contiguous())
+
+    def embed(self, text: Any, batch: int, device: torch.device | str) -> TextEmbedding:
+        """Embedding for ``text``: ``None`` (label template only), a prompt, ``batch`` prompts, or a ``TextEmbedding``."""
+        if isinstance(text, TextEmbedding):
+            emb = text if len(text) == batch else text.expand(batch) if len(text) == 1 else None
+            if emb is None:
+                raise UserInputError(f"`text` must hold 1 or {batch} embeddings, got {len(text)}. "
+                                     "Pass one prompt per image.")
+            return self._clean(emb, device)
+        if text is None:
+            text = self.prompts([None])
+        texts = [text] if isinstance(text, str) else list(text)
+        if len(texts) == 1 and batch > 1:
+            texts = texts * batch
+        if len(texts) != batch:
+            raise UserInputError(f"`text` must be one prompt or {batch} prompts, got {len(texts)}. "
+                                 "Pass one prompt per image (or one for all).")
+        return self._clean(self.encoder.encode(texts), device)
+
+    def drop(self, emb: TextEmbedding, p: float, generator: torch.Generator | None = None) -> TextEmbedding:
+        """Replace each row by the null prompt with probability ``p`` (classifier-free guidance training)."""
+        if p <= 0:
+            return emb
+        keep = torch.rand(len(emb), generator=generator) >= p
+        null = self.null(len(emb), emb.tokens.device)
+        k = keep.to(emb.tokens.device)
+        pick = lambda a, b: torch.where(k.view(-1, *([1] * (a.ndim - 1))), a, b)  # noqa: E731
+        return TextEmbedding(*(pick(getattr(emb, f), getattr(null, f)) for f in TextEmbedding.FIELDS))
+
+
+class Segmenter(nn.Module):
+    """Common interface of all models: ``loss(batch)`` for training, ``predict(image, text)`` for inference."""
+
+    num_classes: int
+    text: TextConditioner | None = None
+
+    def device(self) -> torch.device:
+        """Where the parameters live."""
+        return next(self.parameters()).device
+
+    def batch_prompts(self, batch: Mapping[str, Any]) -> list[str] | None:
+        """The prompts of a collated batch (``batch['prompt']`` if given, else built from descriptions)."""
+        if self.text is None:
+            return None
+        n = int(batch["image"].shape[0])
+        if "prompt" in batch:
+            return [batch["prompt"]] * n if isinstance(batch["prompt"], str) else list(batch["prompt"])
+        return self.text.prompts(batch_descriptions(batch, n))
+
+    def loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Training losses on a batch: ``{"loss": total, ...}`` (every entry a scalar tensor)."""
+        raise NotImplementedError
+
+    def predict(self, image: torch.Tensor, text: Any = None, *, steps: int | None = None, samples: int | None = None,
+                guidance: float | None = None, eta: float | None = None, generator: torch.Generator | None = None,
+                uncertainty: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Class probabilities (B, N, D, H, W) for images (B, 1, D, H, W) [+ uncertainty (B, 1, D, H, W)]."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _check_image(image: Any) -> torch.Tensor:
+        if not isinstance(image, torch.Tensor) or image.ndim != 5:
+            got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise UserInputError(f"`image` must be a (B, 1, D, H, W) tensor, got {got}. Add batch/channel axes.")
+        return as_plain(image).float()
+
+
+class DiffusionSegmenter(Segmenter):
+    """Shared machinery of the diffusion models (subclasses define the space and the conditioning)."""
+
+    def __init__(self, diffusion: DiffusionConfig, num_classes: int) -> None:
+        super().__init__()
+        self.dcfg, self.num_classes = diffusion, num_classes
+        self.train_scheduler = make_scheduler(diffusion, "ddpm")
+        self.sample_scheduler = make_scheduler(diffusion, "ddim")
+        from monai.losses import DiceCELoss
+
+        self.seg_loss = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=diffusion.dice_weight,
+                                   lambda_ce=diffusion.ce_weight)
+
+    # --- what a subclass defines -------------------------------------------------------------
+    def encode_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Class indices (B, 1, D, H, W) -> the clean sample z^(0) of the diffusion."""
+        raise NotImplementedError
+
+    def decode(self, z: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """A sample of the diffusion space -> class logits (B, N, D, H, W)."""
+        raise NotImplementedError
+
+    def image_features(self, image: torch.Tensor) -> dict[str, Any]:
+        """Image-only work, done once per image (features, aux prediction)."""
+        raise NotImplementedError
+
+    def condition(self, feats: dict[str, Any], emb: TextEmbedding | None) -> dict[str, Any]:
+        """Everything the denoiser reads besides z^(t) and t, for one text embedding."""
+        raise NotImplementedError
+
+    def denoise(self, z_t: torch.Tensor, t: torch.Tensor, cond: dict[str, Any],
+                x0_prev: torch.Tensor | None = None) -> torch.Tensor:
+        """One denoiser call: (B, k, ...) -> ε̂, ẑ0 or v̂."""
+        raise NotImplementedError
+
+    # --- training ------------------------------------------------------------------------------
+    def text_embedding(self, batch: Mapping[str, Any], size: int, train: bool) -> TextEmbedding | None:
+        """The batch's prompt embeddings, with the guidance dropout while training."""
+        if self.text is None:
+            return None
+        emb = self.text.embed(self.batch_prompts(batch), size, self.device())
+        return self.text.drop(emb, self.dcfg.text_dropout) if train else emb
+
+    def decode_subset(self, size: int) -> torch.Tensor:
+        """Indices of the samples decoded for the pixel losses (``decode_fraction`` of the batch)."""
+        n = max(1, round(size * self.dcfg.decode_fraction))
+        return torch.arange(size) if n >= size else torch.randperm(size)[:n]
+
+    def denoising_terms(self, z0: torch.Tensor, cond: dict[str, Any], labels: torch.Tensor, image: torch.Tensor,
+                        ) -> dict[str, torch.Tensor]:
+        """Eq. 5 noising, the denoiser, MSE on the target and Dice + CE on the decoded ẑ0."""
+        cfg, sched = self.dcfg, self.train_scheduler
+        noise = torch.randn_like(z0)
+        t = sample_timesteps(z0.shape[0], cfg.num_train_timesteps, z0.device)
+        z_t = sched.add_noise(z0, noise, t)
+        x0_prev = None
+        if getattr(self, "self_condition", False) and torch.rand(()) < 0.5:
+            with torch.no_grad():
+                x0_prev = predicted_x0(sched, self.denoise(z_t, t, cond), z_t, t, cfg.prediction_type)
+        out = self.denoise(z_t, t, cond, x0_prev)
+        terms = {"mse": F.mse_loss(out, denoising_target(sched, z0, noise, t, cfg.prediction_type))}
+        if cfg.dice_weight or cfg.ce_weight:
+            idx = self.decode_subset(z0.shape[0]).to(z0.device)
+            x0_hat = predicted_x0(sched, out, z_t, t, cfg.prediction_type)
+            terms["seg"] = self.seg_loss(self.decode(x0_hat[idx], image[idx]), labels[idx])
+        return terms
+
+    # --- sampling ------------------------------------------------------------------------------
+    def guided_denoiser(self, cond: dict[str, Any], uncond: dict[str, Any] | None, scale: float) -> Any:
+        """``denoise(z, t, x0_prev)`` with classifier-free guidance (one batched call when 0 < w != 1)."""
+        if uncond is None or scale == 1:
+            return lambda z, t, x0: self.denoise(z, t, cond, x0)
+        if scale == 0:
+            return lambda z, t, x0: self.denoise(z, t, uncond, x0)
+        both = {k: _cat(cond[k], uncond[k]) for k in cond}
+
+        def fn(z: torch.Tensor, t: torch.Tensor, x0: torch.Tensor | None) -> torch.Tensor:
+            out = self.denoise(torch.cat([z, z]), torch.cat([t, t]), both, None if x0 is None else torch.cat([x0, x0]))
+            c, u = out.chunk(2)
+            return classifier_free_guidance(u, c, scale)
+
+        return fn
+
+    def sample_start(self, feats: dict[str, Any]) -> torch.Tensor | None:
+        """Latent to start sampling from (``start='aux'``); ``None`` = pure noise."""
+        return None
+
+    @torch.no_grad()
+    def sample(self, image: torch.Tensor, text: Any = None, *, steps: int | None = None, guidance: float | None = None,
+               eta: float | None = None, generator: torch.Generator | None = None, return_trajectory: bool = False,
+               ) -> Any:
+        """One DDIM sample ẑ0 (and the per-step ẑ0 trajectory) for images (B, 1, D, H, W)."""
+        image = self._check_image(image)
+        cfg = self.dcfg
+        steps = cfg.inference_steps if steps is None else steps
+        scale = cfg.guidance_scale if guidance is None else float(guidance)
+        feats = self.image_features(image)
+        emb = self.text.embed(text, image.shape[0], image.device) if self.text is not None else None
+        cond = self.condition(feats, emb if scale != 0 else None) if scale != 0 or emb is None else None
+        uncond = None
+        if emb is not None and scale != 1:
+            uncond = self.condition(feats, self.text.null(image.shape[0], image.device))
+        cond = cond if cond is not None else uncond
+        shape = self.latent_shape(image)
+        noise = torch.randn(shape, generator=generator, device="cpu").to(image.device)
+        start = self.sample_start(feats)
+        return ddim_sample(self.guided_denoiser(cond, uncond, scale), noise, self.sample_scheduler, steps,
+                           cfg.eta if eta is None else eta, generator, start=start,
+                           start_timestep=cfg.start_timestep if start is not None else None,
+                           return_trajectory=return_trajectory)
+
+    def latent_shape(self, image: torch.Tensor) -> tuple[int, ...]:
+        """Shape of z for ``image``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, image: torch.Tensor, text: Any = None, *, steps: int | None = None, samples: int | None = None,
+                guidance: float | None = None, eta: float | None = None, generator: torch.Generator | None = None,
+                uncertainty: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Mean class probabilities of S DDIM samples [+ voxel-wise uncertainty] (``ensemble_statistics``)."""
+        image = self._check_image(image)
+        samples = self.dcfg.samples if samples is None else samples
+        if samples < 1:
+            raise UserInputError(f"`samples` must be >= 1, got {samples}. Use 1, or e.g. 5 for an uncertainty map.")
+        probs = []
+        for _ in range(samples):
+            z = self.sample(image, text, steps=steps, guidance=guidance, eta=eta, generator=generator)
+            probs.append(self.decode(z, image).softmax(dim=1))
+        mean, unc = ensemble_statistics(torch.stack(probs), self.dcfg.uncertainty)
+        return (mean, unc) if uncertainty else mean
+
+
+def _cat(a: Any, b: Any) -> Any:
+    """Concatenate a conditioning entry of the conditional and unconditional branch along the batch."""
+    if a is None:
+        return None
+    if isinstance(a, torch.Tensor):
+        return torch.cat([a, b])
+    if isinstance(a, (list, tuple)):
+        return type(a)(_cat(x, y) for x, y in zip(a, b))
+    return a
