@@ -46,15 +46,21 @@ GOALS = {"organ_dice": 0.98, "tumour_ge_1cm_dice": 0.95}
 #: sub-pixel decoder head, no tanh).
 CONFIGS: dict[str, dict] = {
     "calib_k4_tanh": {"downsample": "strided", "upsample": "transposed", "latent_activation": "tanh",
-                      "latent_channels": 4, "width": 16, "head_hidden": 0},
+                      "latent_channels": 4, "width": 16, "head_hidden": 0, "smooth_skip": False},
     "sub_k4": {"latent_channels": 4},
+    "sub_k8_no_smooth_skip": {"smooth_skip": False},
     "sub_k8": {},
     "sub_k16": {"latent_channels": 16},
     "sub_k8_linear_head": {"head_hidden": 0},
     "sub_k8_w64": {"width": 64},
     "sub_k8_2res": {"num_res_units": 2},
+    "sub_k8_mid16": {"mid_channels": 16},
     "sub_k8_whole_volumes": {"patch_size": None, "batch_size": 1},
     "sub_k8_no_noise": {"latent_noise": 0.0},
+    "sub_k8_lr1e-2": {"learning_rate": 1e-2},
+    "sub_k8_lr6e-3": {"learning_rate": 6e-3},
+    "sub_k8_crop32": {"patch_size": (32, 32, 32), "batch_size": 8},
+    "sub_k8_crop64": {"patch_size": (64, 64, 64), "batch_size": 2},
     "sub_k4_f2": {"latent_channels": 4, "downsample_factor": 2},
     "sub_k32_f8": {"latent_channels": 32, "downsample_factor": 8},
 }

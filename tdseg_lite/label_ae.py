@@ -79,6 +79,8 @@ class LabelAEConfig:
     width: int = 32                           # channels of the convs on the latent grid
     num_res_units: int = 1                    # residual units in the encoder and in the decoder
     head_hidden: int = 64                     # hidden 1×1 layer of the sub-pixel head (0: linear head)
+    smooth_skip: bool = True                  # add trilinearly upsampled coarse logits to the sub-pixel head
+    mid_channels: int = 0                     # >0: shuffle by 2 per stage, a 3×3 conv of this width in between
     downsample: Literal["unshuffle", "strided"] = "unshuffle"       # space-to-depth | stride-2 convs
     upsample: Literal["pixelshuffle", "transposed"] = "pixelshuffle"  # sub-pixel head | transposed convs
     latent_activation: Literal["none", "tanh"] = "none"              # tanh squashes z (calibration design)
@@ -96,12 +98,12 @@ class LabelAEConfig:
             _rule(name, getattr(self, name), getattr(self, name) >= 1, "must be >= 1", "Use e.g. the default.")
         _rule("num_classes", self.num_classes, self.num_classes >= 2, "must be >= 2 (background + 1 class)",
               "Use e.g. 3 for background, kidney, tumour.")
-        for name in ("num_res_units", "head_hidden"):
+        for name in ("num_res_units", "head_hidden", "mid_channels"):
             _rule(name, getattr(self, name), getattr(self, name) >= 0, "must be >= 0", "Use 0 to disable it.")
         _rule("latent_noise", self.latent_noise, self.latent_noise >= 0, "must be >= 0", "Use e.g. 0.1.")
         _rule("learning_rate", self.learning_rate, self.learning_rate > 0, "must be > 0", "Use e.g. 3e-3.")
-        if self.downsample == "strided" or self.upsample == "transposed":
-            _rule("downsample_factor", f, f & (f - 1) == 0, "must be a power of 2 with strided/transposed convs",
+        if self.downsample == "strided" or self.upsample == "transposed" or self.mid_channels:
+            _rule("downsample_factor", f, f & (f - 1) == 0, "must be a power of 2 with strided/transposed convs or mid_channels",
                   "Use 2, 4 or 8, or downsample='unshuffle' and upsample='pixelshuffle'.")
         if self.patch_size is not None:
             ok = len(self.patch_size) == 3 and all(p > 0 and p % f == 0 for p in self.patch_size)
@@ -120,6 +122,43 @@ def _conv(cin: int, cout: int, kernel: int = 3, act: bool = True, **kw: Any) -> 
 
 def _res_units(width: int, n: int) -> nn.Sequential:
     return nn.Sequential(*[ResidualUnit(3, width, width, subunits=2, act=ACT, norm=None) for _ in range(n)])
+
+
+class SubpixelHead(nn.Module):
+    """Latent-grid features (B, W, d, h, w) → logits (B, N, f·d, f·h, f·w) by sub-pixel convolution.
+
+    ``mid_channels = 0``: 1×1 convs to N·f³ channels, then one ``pixelshuffle`` by f: each voxel
+    of an f³ block reads its own channel. ``mid_channels = m``: shuffle by 2 at a time with a
+    3×3 conv of m channels on each intermediate grid. ``smooth``: add the trilinear upsampling of
+    coarse logits (a 1×1 conv W → N), a smooth level set that the sub-pixel part only corrects.
+    """
+
+    def __init__(self, width: int, n: int, f: int, hidden: int, mid: int, smooth: bool) -> None:
+        super().__init__()
+        self.f, self.step = f, 2 if mid else f
+        layers: list[nn.Module] = []
+        c = width
+        for _ in range(int(round(math.log2(f))) - 1 if mid else 0):
+            layers += [_conv(c, mid * 8, kernel=1, act=False), _Shuffle(2), _conv(mid, mid)]
+            c = mid
+        hid = [_conv(c, hidden, kernel=1)] if hidden else []
+        self.body = nn.Sequential(*layers, *hid, _conv(hidden or c, n * self.step**3, kernel=1, act=False))
+        self.coarse = _conv(width, n, kernel=1, act=False) if smooth else None
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        logits = pixelshuffle(self.body(h), 3, self.step)
+        if self.coarse is not None:  # smooth level set + per-voxel detail
+            logits = logits + F.interpolate(self.coarse(h), scale_factor=self.f, mode="trilinear")
+        return logits
+
+
+class _Shuffle(nn.Module):
+    def __init__(self, factor: int) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return pixelshuffle(x, 3, self.factor)
 
 
 class LabelAutoencoder(nn.Module):
@@ -142,8 +181,7 @@ class LabelAutoencoder(nn.Module):
         self.encoder = nn.Sequential(*down, _res_units(w, cfg.num_res_units), _conv(w, k, kernel=1, act=False))
         self.decoder = nn.Sequential(_conv(k, w), _res_units(w, cfg.num_res_units))
         if cfg.upsample == "pixelshuffle":
-            hidden = [_conv(w, cfg.head_hidden, kernel=1)] if cfg.head_hidden else []
-            self.head = nn.Sequential(*hidden, _conv(cfg.head_hidden or w, n * f**3, kernel=1, act=False))
+            self.head = SubpixelHead(w, n, f, cfg.head_hidden, cfg.mid_channels, cfg.smooth_skip)
         else:
             widths = [max(w >> i, min(w, 8)) for i in range(stages + 1)]
             ups = [_conv(a, b, strides=2, is_transposed=True, output_padding=1) for a, b in zip(widths, widths[1:])]
@@ -200,8 +238,7 @@ class LabelAutoencoder(nn.Module):
             got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise UserInputError(f"`z` must be a (B, {self.cfg.latent_channels}, d, h, w) latent, got {got}. "
                                  "Pass the output of encode().")
-        out = self.head(self.decoder(z / self.scale_factor))
-        return pixelshuffle(out, 3, self.factor) if self.cfg.upsample == "pixelshuffle" else out
+        return self.head(self.decoder(z / self.scale_factor))
 
     def forward(self, labels: torch.Tensor, noise: float = 0.0) -> torch.Tensor:
         """decode(z + noise·std(z)·ε) with z = encode(labels): (B, 1|N, D, H, W) → logits (B, N, D, H, W)."""

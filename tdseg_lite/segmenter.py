@@ -136,6 +136,11 @@ class Segmenter(nn.Module):
             return [batch["prompt"]] * n if isinstance(batch["prompt"], str) else list(batch["prompt"])
         return self.text.prompts(batch_descriptions(batch, n))
 
+    def pretrain(self, label_volumes: Sequence[Any], *, max_seconds: float | None = None,
+                 max_steps: int | None = None, seed: int = 0) -> dict[str, Any]:
+        """Stage-1 training before ``loss`` (TextDiffSeg: the label autoencoder); a no-op here."""
+        return {}
+
     def loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Training losses on a batch: ``{"loss": total, ...}`` (every entry a scalar tensor)."""
         raise NotImplementedError
@@ -172,12 +177,12 @@ class DiffusionSegmenter(Segmenter):
         """Class indices (B, 1, D, H, W) -> the clean sample z^(0) of the diffusion."""
         raise NotImplementedError
 
-    def decode(self, z: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """A sample of the diffusion space -> class logits (B, N, D, H, W)."""
+    def decode(self, z: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        """A sample of the diffusion space (+ the image skip of ``image_features``) -> logits (B, N, D, H, W)."""
         raise NotImplementedError
 
     def image_features(self, image: torch.Tensor) -> dict[str, Any]:
-        """Image-only work, done once per image (features, aux prediction)."""
+        """Image-only work, done once per image: a dict with at least ``"skip"`` (for ``decode``)."""
         raise NotImplementedError
 
     def condition(self, feats: dict[str, Any], emb: TextEmbedding | None) -> dict[str, Any]:
@@ -202,8 +207,8 @@ class DiffusionSegmenter(Segmenter):
         n = max(1, round(size * self.dcfg.decode_fraction))
         return torch.arange(size) if n >= size else torch.randperm(size)[:n]
 
-    def denoising_terms(self, z0: torch.Tensor, cond: dict[str, Any], labels: torch.Tensor, image: torch.Tensor,
-                        ) -> dict[str, torch.Tensor]:
+    def denoising_terms(self, z0: torch.Tensor, cond: dict[str, Any], labels: torch.Tensor,
+                        skip: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Eq. 5 noising, the denoiser, MSE on the target and Dice + CE on the decoded ẑ0."""
         cfg, sched = self.dcfg, self.train_scheduler
         noise = torch.randn_like(z0)
@@ -218,15 +223,15 @@ class DiffusionSegmenter(Segmenter):
         if cfg.dice_weight or cfg.ce_weight:
             idx = self.decode_subset(z0.shape[0]).to(z0.device)
             x0_hat = predicted_x0(sched, out, z_t, t, cfg.prediction_type)
-            terms["seg"] = self.seg_loss(self.decode(x0_hat[idx], image[idx]), labels[idx])
+            terms["seg"] = self.seg_loss(self.decode(x0_hat[idx], None if skip is None else skip[idx]), labels[idx])
         return terms
 
     # --- sampling ------------------------------------------------------------------------------
-    def guided_denoiser(self, cond: dict[str, Any], uncond: dict[str, Any] | None, scale: float) -> Any:
+    def guided_denoiser(self, cond: dict[str, Any] | None, uncond: dict[str, Any] | None, scale: float) -> Any:
         """``denoise(z, t, x0_prev)`` with classifier-free guidance (one batched call when 0 < w != 1)."""
-        if uncond is None or scale == 1:
+        if uncond is None:
             return lambda z, t, x0: self.denoise(z, t, cond, x0)
-        if scale == 0:
+        if cond is None:
             return lambda z, t, x0: self.denoise(z, t, uncond, x0)
         both = {k: _cat(cond[k], uncond[k]) for k in cond}
 
@@ -244,19 +249,24 @@ class DiffusionSegmenter(Segmenter):
     @torch.no_grad()
     def sample(self, image: torch.Tensor, text: Any = None, *, steps: int | None = None, guidance: float | None = None,
                eta: float | None = None, generator: torch.Generator | None = None, return_trajectory: bool = False,
-               ) -> Any:
-        """One DDIM sample ẑ0 (and the per-step ẑ0 trajectory) for images (B, 1, D, H, W)."""
+               feats: dict[str, Any] | None = None) -> Any:
+        """One DDIM sample ẑ0 (and the per-step ẑ0 trajectory) for images (B, 1, D, H, W).
+
+        ``feats`` reuses ``image_features(image)`` (an ensemble computes them once).
+        """
         image = self._check_image(image)
         cfg = self.dcfg
         steps = cfg.inference_steps if steps is None else steps
         scale = cfg.guidance_scale if guidance is None else float(guidance)
-        feats = self.image_features(image)
-        emb = self.text.embed(text, image.shape[0], image.device) if self.text is not None else None
-        cond = self.condition(feats, emb if scale != 0 else None) if scale != 0 or emb is None else None
-        uncond = None
-        if emb is not None and scale != 1:
-            uncond = self.condition(feats, self.text.null(image.shape[0], image.device))
-        cond = cond if cond is not None else uncond
+        feats = self.image_features(image) if feats is None else feats
+        cond = uncond = None
+        if self.text is None:
+            cond = self.condition(feats, None)
+        else:
+            if scale != 0:
+                cond = self.condition(feats, self.text.embed(text, image.shape[0], image.device))
+            if scale != 1:
+                uncond = self.condition(feats, self.text.null(image.shape[0], image.device))
         shape = self.latent_shape(image)
         noise = torch.randn(shape, generator=generator, device="cpu").to(image.device)
         start = self.sample_start(feats)
@@ -278,10 +288,10 @@ class DiffusionSegmenter(Segmenter):
         samples = self.dcfg.samples if samples is None else samples
         if samples < 1:
             raise UserInputError(f"`samples` must be >= 1, got {samples}. Use 1, or e.g. 5 for an uncertainty map.")
-        probs = []
+        feats, probs = self.image_features(image), []
         for _ in range(samples):
-            z = self.sample(image, text, steps=steps, guidance=guidance, eta=eta, generator=generator)
-            probs.append(self.decode(z, image).softmax(dim=1))
+            z = self.sample(image, text, steps=steps, guidance=guidance, eta=eta, generator=generator, feats=feats)
+            probs.append(self.decode(z, feats["skip"]).softmax(dim=1))
         mean, unc = ensemble_statistics(torch.stack(probs), self.dcfg.uncertainty)
         return (mean, unc) if uncertainty else mean
 

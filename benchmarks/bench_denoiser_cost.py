@@ -1,0 +1,78 @@
+"""Per-step cost of the latent denoiser vs the pixel-space denoiser of the same UNet family.
+
+The point of the label latent (paper abstract: "reduces computational complexity"): a denoiser
+step on the 16³ latent of a 64³ patch touches f³ = 64x fewer voxels than one on the one-hot label
+map. Both are ``tdseg_lite.denoiser.ConditionalDenoiser`` (MONAI ``DiffusionModelUNet``) built
+exactly as ``build_model`` builds them for the ``textdiffseg`` and ``pixel-diffusion`` models,
+with attention only where the grid has <= 8³ voxels. Forward pass, batch 1, median of repeats.
+
+    .venv/bin/python benchmarks/bench_denoiser_cost.py [--preset cpu] [--threads 2]
+
+Prints JSON; ``bench_quality.py`` calls ``denoiser_cost`` and reports the ratio (goal >= 30x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from tdseg_lite.denoiser import ConditionalDenoiser
+from tdseg_lite.model import ModelSpec
+
+TEXT_DIM, TOKENS = 384, 64
+
+
+def median_seconds(fn: Any, repeats: int = 5) -> float:
+    """Median wall-clock seconds of ``fn()`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def denoiser_cost(preset: str = "cpu", patch: int = 64, repeats: int = 5) -> dict[str, Any]:
+    """Forward seconds of one latent and one pixel-space denoiser step (batch 1) and their ratio."""
+    spec = ModelSpec.build(preset)
+    f, k, n = spec.label_ae.downsample_factor, spec.label_ae.latent_channels, spec.model.num_classes
+    icfg = spec.image_encoder
+    scale = f.bit_length() - 1
+    grid = (patch // f,) * 3
+    latent = ConditionalDenoiser(k, icfg.latent_channels, TEXT_DIM, spec.denoiser,
+                                 feature_channels=icfg.channels[scale:], grid=grid).eval()
+    pixel_cfg = dataclasses.replace(spec.denoiser, channels=spec.model.pixel_channels,
+                                    attention_levels=spec.model.pixel_attention_levels, multiscale=False)
+    pixel = ConditionalDenoiser(n, 1, TEXT_DIM, pixel_cfg, grid=(patch,) * 3).eval()
+    tokens, pooled, t = torch.randn(1, TOKENS, TEXT_DIM), torch.randn(1, TEXT_DIM), torch.tensor([500])
+    z, cond = torch.randn(1, k, *grid), torch.randn(1, icfg.latent_channels, *grid)
+    feats = [torch.randn(1, icfg.channels[scale + i], *(g // 2**i for g in grid)) for i in range(2)]
+    x, image = torch.randn(1, n, patch, patch, patch), torch.randn(1, 1, patch, patch, patch)
+    lat_s = median_seconds(lambda: latent(z, t, cond, tokens, pooled, feats), repeats)
+    pix_s = median_seconds(lambda: pixel(x, t, image, tokens, pooled), max(1, repeats // 2))
+    return {"latent_s": lat_s, "pixel_s": pix_s, "ratio": pix_s / lat_s, "latent_grid": f"{k}x{grid[0]}^3",
+            "pixel_grid": f"{n}x{patch}^3", "latent_params": sum(p.numel() for p in latent.parameters()),
+            "pixel_params": sum(p.numel() for p in pixel.parameters()), "threads": torch.get_num_threads()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(json.dumps(denoiser_cost(args.preset, repeats=args.repeats), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,312 @@
+"""TextDiffSeg assembled from its parts, the model configs, and ``build_model`` for all three models.
+
+TextDiffSeg (paper §1.2) segments by denoising the label latent z_l, conditioned on the fused
+image-text latent::
+
+    z_i, aux = E_img(x)                       image feature extractor (+ aux head ẑ_aux ≈ z_l)
+    z_fused  = CMA(z_i, z_t)                  3D cross-modal attention, z_t = E_te(prompt) (cached)
+    z^(t)    = sqrt(ᾱ_t) z_l + sqrt(1−ᾱ_t) ε   forward diffusion of z_l = E_lab(y)       (Eq. 5)
+    out      = f_θ(z^(t) ⊕ z_fused, t | z_t)  conditional denoiser -> ẑ0
+    ŷ        = D_lab(ẑ0) [+ skip(D_lab(ẑ0), F_0(x))]   label decoder (+ full-resolution image skip)
+
+Joint loss (paper §2, LDSeg): Dice + CE on ŷ + λ·MSE(out, target) + the aux head's Dice + CE and
+latent MSE; every weight in ``DiffusionConfig``. The label autoencoder is pre-trained and frozen.
+
+``ModelConfig.model`` selects ``"textdiffseg"``, ``"unet"`` (``baselines.UNetSegmenter``) or
+``"pixel-diffusion"`` (``baselines.PixelDiffusion``); the ablation switches are ``text_fusion``
+(no text anywhere), ``image_features`` (raw image, space-to-depth to the latent grid, instead of
+the extractor) and ``label_encoder`` (False = pixel-space diffusion). ``ModelSpec`` bundles the
+configs of every part; ``ModelSpec.build(preset, {"diffusion.eta": 0.5, "model": "unet"})``
+routes dotted keys to the part's config.
+
+Explained in notebooks/03_conditional_unet_and_diffusion.ipynb
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from monai.networks.utils import pixelunshuffle
+from torch import nn
+
+from tdseg_lite.baselines import PixelDiffusion, UNetSegmenter
+from tdseg_lite.config import ConfigError, build_config, config_from_dict, config_to_dict
+from tdseg_lite.denoiser import ConditionalDenoiser, DenoiserConfig
+from tdseg_lite.diffusion import DiffusionConfig
+from tdseg_lite.fusion import CrossModalAttention3d, FusionConfig
+from tdseg_lite.image_encoder import ImageEncoder, ImageEncoderConfig
+from tdseg_lite.label_ae import LabelAEConfig, LabelAutoencoder, train_label_autoencoder
+from tdseg_lite.segmenter import DiffusionSegmenter, Segmenter, TextConditioner, as_plain
+from tdseg_lite.text import TextConfig, TextEmbedding
+
+__all__ = ["AuxHeadView", "ImageSkipDecoder", "ModelConfig", "ModelSpec", "TextDiffSeg", "build_model"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model, the ablation switches, and the baselines' networks (presets in ``PRESETS``)."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "smoke": {"unet_channels": (8, 16, 32, 64), "unet_res_units": 1, "pixel_channels": (8, 16, 16, 16),
+                  "skip_width": 8},
+        "cpu": {},
+        "full": {"unet_channels": (32, 64, 128, 256), "skip_width": 32},
+    }
+    model: Literal["textdiffseg", "unet", "pixel-diffusion"] = "textdiffseg"  # the model (or a baseline)
+    num_classes: int = 3                          # N, background included
+    text_fusion: bool = True                      # ablation: False = no text anywhere (fusion, cross-attention, FiLM)
+    image_features: bool = True                   # ablation: False = raw image (space-to-depth) instead of E_img
+    label_encoder: bool = True                    # ablation: False = pixel-space diffusion on one-hot labels
+    aux_head: bool = True                         # supervise E_img through its aux head (aux_* weights)
+    decoder_image_skip: bool = True               # the label decoder also sees E_img's full-resolution features
+    skip_width: int = 16                          # hidden width of the skip decoder
+    skip_kernel: int = 1                          # its first conv's kernel (1: per-voxel, 3: 3x3x3)
+    unet_channels: tuple[int, ...] = (16, 32, 64, 128)    # UNet baseline widths
+    unet_strides: tuple[int, ...] = (2, 2, 2)             # UNet baseline strides
+    unet_res_units: int = 2                               # UNet baseline residual units
+    pixel_channels: tuple[int, ...] = (16, 32, 64, 64)    # pixel-diffusion denoiser widths (64³ ... 8³)
+    pixel_attention_levels: tuple[bool, ...] = (False, False, False, True)  # its attention levels
+
+    def __post_init__(self) -> None:
+        for name in ("unet_channels", "unet_strides", "pixel_channels", "pixel_attention_levels"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.num_classes < 2:
+            raise ConfigError(f"`ModelConfig.num_classes` must be >= 2 (background + 1), got {self.num_classes}. "
+                              "Use 3 for background, kidney, tumour.")
+        if len(self.unet_strides) != len(self.unet_channels) - 1:
+            raise ConfigError(f"`ModelConfig.unet_strides` must have len(unet_channels) - 1 = "
+                              f"{len(self.unet_channels) - 1} entries, got {self.unet_strides}. Use e.g. (2, 2, 2).")
+        if len(self.pixel_attention_levels) != len(self.pixel_channels):
+            raise ConfigError(f"`ModelConfig.pixel_attention_levels` must have one entry per pixel_channels level, "
+                              f"got {self.pixel_attention_levels}. Use e.g. (False, False, False, True).")
+        if self.skip_width < 1 or self.skip_kernel not in (1, 3):
+            raise ConfigError(f"`ModelConfig.skip_kernel` must be 1 or 3 and skip_width >= 1, got "
+                              f"{(self.skip_kernel, self.skip_width)}. Use skip_kernel=1, skip_width=16.")
+
+
+_PARTS: dict[str, type] = {"model": ModelConfig, "denoiser": DenoiserConfig, "diffusion": DiffusionConfig,
+                           "fusion": FusionConfig, "image_encoder": ImageEncoderConfig, "label_ae": LabelAEConfig,
+                           "text": TextConfig}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The configs of every part of a model, built together from one preset."""
+
+    model: ModelConfig
+    denoiser: DenoiserConfig
+    diffusion: DiffusionConfig
+    fusion: FusionConfig
+    image_encoder: ImageEncoderConfig
+    label_ae: LabelAEConfig
+    text: TextConfig
+
+    @classmethod
+    def build(cls, preset: str | None = "smoke", overrides: Mapping[str, Any] | None = None) -> ModelSpec:
+        """Defaults -> preset -> overrides; ``"part.field"`` keys go to that part, plain keys to ``ModelConfig``."""
+        routed: dict[str, dict[str, Any]] = {name: {} for name in _PARTS}
+        for key, value in (overrides or {}).items():
+            part, _, field = key.rpartition(".")
+            part = part or "model"
+            if part not in _PARTS:
+                raise ConfigError(f"`{key}` must start with one of {sorted(_PARTS)} (or name a ModelConfig field), "
+                                  f"got part {part!r}. Write e.g. 'diffusion.eta'.")
+            routed[part][field] = value
+        return cls(**{name: build_config(c, preset, routed[name]) for name, c in _PARTS.items()})
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """JSON-ready ``{part: {field: value}}``."""
+        return {name: config_to_dict(getattr(self, name)) for name in _PARTS}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Mapping[str, Any]]) -> ModelSpec:
+        """Inverse of ``to_dict`` (every key checked)."""
+        return cls(**{name: config_from_dict(c, data.get(name, {})) for name, c in _PARTS.items()})
+
+
+class ImageSkipDecoder(nn.Module):
+    """Label decoder refinement that sees the image: logits + g([logits, F_0(x)]), g zero-initialised.
+
+    The label latent at 1/f resolution bounds the label decoder (the "AE ceiling"); the skip lets
+    full-resolution image features move boundaries. Shapes: logits (B, N, D, H, W), skip (B, C, D, H, W).
+    """
+
+    def __init__(self, num_classes: int, skip_channels: int, width: int = 16, kernel: int = 1) -> None:
+        super().__init__()
+        out = nn.Conv3d(width, num_classes, kernel_size=1)
+        nn.init.zeros_(out.weight)
+        nn.init.zeros_(out.bias)
+        self.net = nn.Sequential(nn.Conv3d(num_classes + skip_channels, width, kernel, padding=kernel // 2),
+                                 nn.SiLU(), out)
+
+    def forward(self, logits: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return logits + self.net(torch.cat([logits, skip], dim=1))
+
+
+class TextDiffSeg(DiffusionSegmenter):
+    """Text-guided latent diffusion segmenter (paper §1.2, items 1-7).
+
+    Args:
+        spec: the configs (``ModelSpec.build``).
+        label_ae: the label autoencoder (frozen here; train it first or call ``pretrain``).
+        text: prompt embeddings (``None`` when ``spec.model.text_fusion`` is off).
+        patch_size: training patch (D, H, W); fixes the latent grid checks.
+    """
+
+    def __init__(self, spec: ModelSpec, label_ae: LabelAutoencoder, text: TextConditioner | None,
+                 patch_size: Sequence[int] = (64, 64, 64)) -> None:
+        super().__init__(spec.diffusion, spec.model.num_classes)
+        cfg, self.spec, self.text = spec.model, spec, text
+        self.label_ae = label_ae.requires_grad_(False).eval()
+        k, f = label_ae.cfg.latent_channels, label_ae.factor
+        if label_ae.cfg.num_classes != cfg.num_classes:
+            raise ConfigError(f"`label_ae.num_classes` must equal ModelConfig.num_classes={cfg.num_classes}, got "
+                              f"{label_ae.cfg.num_classes}. Build both with the same number of classes.")
+        self.factor, self.k = f, k
+        grid = [s // f for s in patch_size]
+        if cfg.image_features:
+            icfg = dataclasses.replace(spec.image_encoder, downsample_factor=f,
+                                       aux_latent_channels=k if cfg.aux_head else 0)
+            self.image_encoder: ImageEncoder | None = ImageEncoder(icfg)
+            c, skip_ch, scale = icfg.latent_channels, icfg.channels[0], int(math.log2(f))
+            feature_channels: Sequence[int] = icfg.channels[scale:]
+        else:
+            self.image_encoder, c, skip_ch, feature_channels = None, f**3, 1, ()
+        self.fusion = CrossModalAttention3d(c, text.dim, spec.fusion) if text is not None else None
+        self.denoiser = ConditionalDenoiser(k, c, text.dim if text is not None else None, spec.denoiser,
+                                            feature_channels=feature_channels, grid=grid)
+        self.skip_decoder = ImageSkipDecoder(cfg.num_classes, skip_ch, cfg.skip_width, cfg.skip_kernel) \
+            if cfg.decoder_image_skip else None
+        self.self_condition = spec.denoiser.self_condition
+
+    def train(self, mode: bool = True) -> TextDiffSeg:
+        super().train(mode)
+        self.label_ae.eval()  # frozen: always in inference mode
+        return self
+
+    def pretrain(self, label_volumes: Sequence[Any], *, max_seconds: float | None = None,
+                 max_steps: int | None = None, seed: int = 0) -> dict[str, Any]:
+        """Pre-train the label autoencoder on label volumes (``label_ae.train_label_autoencoder``)."""
+        self.label_ae.requires_grad_(True)
+        history = train_label_autoencoder(self.label_ae, label_volumes, max_seconds=max_seconds, max_steps=max_steps,
+                                          seed=seed)
+        self.label_ae.requires_grad_(False).eval()
+        return history
+
+    # --- the parts -------------------------------------------------------------------------------
+    def encode_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """z_l = E_lab(y): (B, 1, D, H, W) -> (B, k, D/f, H/f, W/f), unit variance."""
+        with torch.no_grad():
+            return self.label_ae.encode(labels)
+
+    def decode(self, z: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
+        """ŷ = D_lab(z) [+ image skip]: (B, k, d, h, w) -> logits (B, N, f·d, f·h, f·w)."""
+        logits = self.label_ae.decode(z)
+        return self.skip_decoder(logits, skip) if self.skip_decoder is not None and skip is not None else logits
+
+    def image_features(self, image: torch.Tensor) -> dict[str, Any]:
+        """E_img(x): ``{"latent" (B, c, d, h, w), "features" [1/f, 1/2f], "aux" (B, k, d, h, w) | None, "skip"}``."""
+        if self.image_encoder is None:
+            return {"latent": pixelunshuffle(image, 3, self.factor), "features": [], "aux": None, "skip": image}
+        out = self.image_encoder(image)
+        scale = int(math.log2(self.factor))
+        return {"latent": out.latent, "features": list(out.features[scale:]), "aux": out.aux_latent,
+                "skip": out.features[0]}
+
+    def condition(self, feats: dict[str, Any], emb: TextEmbedding | None) -> dict[str, Any]:
+        """z_fused = CMA(z_i, z_t) (Eq. CMA) plus the tokens/pooled text and the multi-scale features."""
+        fused = feats["latent"] if self.fusion is None or emb is None else self.fusion(feats["latent"], emb.tokens,
+                                                                                        emb.mask)
+        return {"cond": fused, "features": feats["features"], "tokens": None if emb is None else emb.tokens,
+                "pooled": None if emb is None else emb.pooled}
+
+    def denoise(self, z_t: torch.Tensor, t: torch.Tensor, cond: dict[str, Any],
+                x0_prev: torch.Tensor | None = None) -> torch.Tensor:
+        return self.denoiser(z_t, t, cond["cond"], tokens=cond["tokens"], pooled=cond["pooled"],
+                             features=cond["features"], self_cond=x0_prev)
+
+    def latent_shape(self, image: torch.Tensor) -> tuple[int, ...]:
+        return (image.shape[0], self.k, *(s // self.factor for s in image.shape[2:]))
+
+    def sample_start(self, feats: dict[str, Any]) -> torch.Tensor | None:
+        return feats["aux"] if self.dcfg.start == "aux" else None
+
+    # --- training and the aux head -----------------------------------------------------------------
+    def loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Joint loss: Dice + CE on D(ẑ0) + λ·MSE + aux Dice + CE + aux latent MSE (weights in ``DiffusionConfig``)."""
+        device, cfg = self.device(), self.dcfg
+        image, labels = self._check_image(batch["image"]).to(device), as_plain(batch["label"]).to(device)
+        z0 = self.encode_labels(labels)
+        feats = self.image_features(image)
+        cond = self.condition(feats, self.text_embedding(batch, image.shape[0], train=True))
+        terms = self.denoising_terms(z0, cond, labels, feats["skip"])
+        total = cfg.mse_weight * terms["mse"] + terms.get("seg", torch.zeros((), device=device))
+        if feats["aux"] is not None:
+            terms["aux_mse"] = F.mse_loss(feats["aux"], z0)
+            idx = self.decode_subset(image.shape[0]).to(device)
+            terms["aux_seg"] = self.seg_loss(self.decode(feats["aux"][idx], feats["skip"][idx]), labels[idx])
+            total = total + cfg.aux_latent_weight * terms["aux_mse"] + cfg.aux_weight * terms["aux_seg"]
+        return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
+
+    @torch.no_grad()
+    def predict_aux(self, image: torch.Tensor) -> torch.Tensor:
+        """The image feature extractor's own segmentation, softmax(D(ẑ_aux)): (B, N, D, H, W); no diffusion."""
+        feats = self.image_features(self._check_image(image))
+        if feats["aux"] is None:
+            raise ConfigError("`ModelConfig.aux_head` must be True (with image_features) for predict_aux, got no "
+                              "aux head. Build the model with aux_head=True.")
+        return self.decode(feats["aux"], feats["skip"]).softmax(dim=1)
+
+    @torch.no_grad()
+    def ceiling(self, image: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """softmax(D(E_lab(y))) with the image skip: the best any latent sample can decode to."""
+        image = self._check_image(image)
+        return self.decode(self.encode_labels(as_plain(labels)), self.image_features(image)["skip"]).softmax(dim=1)
+
+
+class AuxHeadView(Segmenter):
+    """A ``Segmenter`` whose ``predict`` is the TextDiffSeg aux head (to evaluate it like any model)."""
+
+    def __init__(self, model: TextDiffSeg) -> None:
+        super().__init__()
+        self.model, self.num_classes, self.text = model, model.num_classes, None
+
+    def predict(self, image: torch.Tensor, text: Any = None, *, uncertainty: bool = False, **_: Any) -> Any:
+        probs = self.model.predict_aux(image)
+        return (probs, -(probs * probs.clamp_min(1e-12).log()).sum(1, keepdim=True)) if uncertainty else probs
+
+
+def build_model(spec: ModelSpec, *, label_ae: LabelAutoencoder | None = None, text_encoder: Any = None,
+                phrases: Sequence[str] = ("kidney", "kidney tumor"),
+                patch_size: Sequence[int] = (64, 64, 64)) -> Segmenter:
+    """The model ``spec.model.model`` selects, with the ablation switches applied.
+
+    Args:
+        spec: the configs.
+        label_ae: a trained label autoencoder (TextDiffSeg); ``None`` builds an untrained one
+            (call ``model.pretrain(label_volumes, max_seconds=...)``).
+        text_encoder: a ``TextEncoder``; ``None`` creates one from ``spec.text`` when text is used.
+        phrases: foreground label phrases of the prompt template.
+        patch_size: the training patch (D, H, W).
+    """
+    cfg = spec.model
+    if cfg.model == "unet":
+        return UNetSegmenter(cfg.num_classes, cfg.unet_channels, cfg.unet_strides, cfg.unet_res_units)
+    text = None
+    if cfg.text_fusion:
+        from tdseg_lite.text import TextEncoder
+
+        text = TextConditioner(text_encoder if text_encoder is not None else TextEncoder(spec.text), phrases)
+    if cfg.model == "pixel-diffusion" or not cfg.label_encoder:
+        den = dataclasses.replace(spec.denoiser, channels=cfg.pixel_channels,
+                                  attention_levels=cfg.pixel_attention_levels, multiscale=False)
+        return PixelDiffusion(cfg.num_classes, spec.diffusion, den, text, patch_size)
+    ae = label_ae if label_ae is not None else LabelAutoencoder(
+        dataclasses.replace(spec.label_ae, num_classes=cfg.num_classes))
+    return TextDiffSeg(spec, ae, text, patch_size)
