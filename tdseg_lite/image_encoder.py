@@ -2,9 +2,11 @@
 
 The paper's 3D image encoder maps x ∈ R^{C×D×H×W} to z_i ∈ R^{c×d×h×w} with the same grid as
 the label latent z_l (d = D/f, ...), so that the denoiser can concatenate or cross-attend them.
-The ablation calls it the "image feature extractor". Ours is a small residual U-Net encoder:
+The ablation calls it the "image feature extractor". Ours is a small residual U-Net encoder (one plain
+conv at full resolution -- 3D convs with few channels are slow on CPUs -- then strided residual
+units, MONAI ``ResidualUnit``):
 
-    x (B, 1, D, H, W) ─ stem ─ F_0 (1) ─ down ─ F_1 (1/2) ─ … ─ F_s (1/f) ─ down ─ F_{s+1} (1/2f)
+    x (B, 1, D, H, W) ─ conv ─ F_0 (1) ─ down ─ F_1 (1/2) ─ … ─ F_s (1/f) ─ down ─ F_{s+1} (1/2f)
                                                                  └──── concat(F_s, up(F_{s+1})) ─ z_i (B, c, D/f, H/f, W/f)
 
 ``ImageFeatures`` holds ``latent`` (z_i), ``features`` (F_0 … F_{s+1}, fine to coarse, for a
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
@@ -105,8 +108,9 @@ class ImageEncoder(nn.Module):
         def stage(cin: int, cout: int, stride: int) -> nn.Sequential:
             return nn.Sequential(_unit(cin, cout, cfg.norm, stride), *[_unit(cout, cout, cfg.norm) for _ in range(extra)])
 
-        self.stages = nn.ModuleList([stage(cfg.in_channels, ch[0], 1)] +
-                                    [stage(a, b, 2) for a, b in zip(ch[:-1], ch[1:])])
+        norm: Any = ("group", {"num_groups": min(8, ch[0])}) if cfg.norm == "group" else cfg.norm
+        stem = Convolution(3, cfg.in_channels, ch[0], act="SWISH", norm=norm)  # one conv at full resolution
+        self.stages = nn.ModuleList([stem] + [stage(a, b, 2) for a, b in pairwise(ch)])
         self.up = Convolution(3, ch[-1], ch[-2], strides=2, kernel_size=3, is_transposed=True, output_padding=1,
                               act="SWISH", norm=None)
         self.fuse = _unit(2 * ch[-2], cfg.latent_channels, cfg.norm)

@@ -1,27 +1,22 @@
 """Label latent space: the 3D shape-aware label autoencoder (paper §1.2, item 4; LDSeg §5.1).
 
 TextDiffSeg diffuses a continuous label latent instead of the label map. The encoder maps the
-one-hot label volume y ∈ {0,1}^{N×D×H×W} to z_l = s · E(y) ∈ R^{k×d×h×w} on a grid ``f`` times
-coarser per axis (d = D/f, ...), and the decoder maps a latent back to N-class logits::
+one-hot labels Y (B, N, D, H, W) to z_l on a grid f times coarser per axis; the decoder maps a
+latent back to N-class logits::
 
-    z_l = s · E(onehot(y))            (B, k, D/f, H/f, W/f)     (label encoder, paper item 4)
-    ŷ   = D(z_l / s)                  (B, N, D, H, W) logits   (label decoder)
+    z_l = s · E(Y)      (B, k, D/f, H/f, W/f)       ŷ = D(z_l / s)      (B, N, D, H, W) logits
 
-``s`` (``scale_factor``, a buffer) is 1/std of the raw latents, so that z_l has unit variance
-like the noise ε of the forward process z^(t) = sqrt(ᾱ_t) z^(0) + sqrt(1-ᾱ_t) ε (paper item 5;
-MONAI's 3d_ldm tutorial does the same for its AutoencoderKL).
+``s`` (the ``scale_factor`` buffer) is 1/std of the raw latents, so z_l has unit variance like the
+noise of the forward process z^(t) = sqrt(ᾱ_t) z^(0) + sqrt(1-ᾱ_t) ε (paper item 5), as in MONAI's
+3d_ldm tutorial. Design (chosen with ``benchmarks/bench_label_ae.py``), every conv on the latent grid:
 
-Design, chosen by ``benchmarks/bench_label_ae.py`` for accuracy per CPU second:
+* encoder: ``pixelunshuffle`` (lossless space-to-depth, N·f³ channels), 1×1 conv, residual units,
+  1×1 conv to k channels; no tanh;
+* decoder: 3×3 conv, residual units, ``SubpixelHead`` (1×1 convs to N·f³ channels +
+  ``pixelshuffle``, plus trilinearly upsampled coarse logits). ``downsample="strided"``,
+  ``upsample="transposed"``, ``latent_activation="tanh"`` give the conventional design instead.
 
-* encoder: ``pixelunshuffle`` (lossless space-to-depth: N·f³ channels on the latent grid), a 1×1
-  conv, residual units at latent resolution, a 1×1 conv to k channels; no tanh;
-* decoder: a 3×3 conv, residual units at latent resolution, then a sub-pixel head (1×1 convs to
-  N·f³ channels + ``pixelshuffle``) so that every voxel of an f³ block gets its own logits.
-  ``upsample="transposed"`` (with ``downsample="strided"``, ``latent_activation="tanh"``) gives
-  the conventional design of the previous calibration for comparison.
-
-All convolutions run on the latent grid (f³ = 64× fewer voxels at f = 4), and training decodes
-z + σ·std(z)·ε so that the decoder tolerates the denoiser's error.
+Pre-training decodes z + σ·std(z)·ε so that the decoder tolerates the denoiser's error.
 
 Explained in notebooks/02_label_latent_space.ipynb
 """
@@ -34,6 +29,7 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -50,14 +46,8 @@ from tdseg_lite.config import ConfigError, config_from_dict, config_to_dict
 from tdseg_lite.errors import UserInputError
 
 __all__ = [
-    "LabelAEConfig",
-    "LabelAutoencoder",
-    "latent_scale_factor",
-    "load_label_autoencoder",
-    "reconstruct",
-    "reconstruction_dice",
-    "save_label_autoencoder",
-    "structure_dice",
+    "LabelAEConfig", "LabelAutoencoder", "SubpixelHead", "latent_scale_factor", "load_label_autoencoder",
+    "pad_to_factor", "reconstruct", "reconstruction_dice", "save_label_autoencoder", "structure_dice",
     "train_label_autoencoder",
 ]
 
@@ -69,9 +59,10 @@ class LabelAEConfig:
     """Label autoencoder architecture and its pre-training (presets in ``PRESETS``)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "smoke": {"width": 16, "num_res_units": 1, "head_hidden": 0, "patch_size": (32, 32, 32)},
+        "smoke": {"width": 16, "head_hidden": 0, "patch_size": (32, 32, 32), "max_steps": 300},
         "cpu": {},
-        "full": {"width": 64, "num_res_units": 2, "head_hidden": 128, "batch_size": 8},
+        "full": {"width": 64, "num_res_units": 2, "head_hidden": 128, "batch_size": 8, "patch_size": (64, 64, 64),
+                 "max_steps": 8000},
     }
     num_classes: int = 3                      # N: label classes including background
     latent_channels: int = 8                  # k: channels of z_l (k ≪ N·f³)
@@ -80,12 +71,11 @@ class LabelAEConfig:
     num_res_units: int = 1                    # residual units in the encoder and in the decoder
     head_hidden: int = 64                     # hidden 1×1 layer of the sub-pixel head (0: linear head)
     smooth_skip: bool = True                  # add trilinearly upsampled coarse logits to the sub-pixel head
-    mid_channels: int = 0                     # >0: shuffle by 2 per stage, a 3×3 conv of this width in between
     downsample: Literal["unshuffle", "strided"] = "unshuffle"       # space-to-depth | stride-2 convs
     upsample: Literal["pixelshuffle", "transposed"] = "pixelshuffle"  # sub-pixel head | transposed convs
     latent_activation: Literal["none", "tanh"] = "none"              # tanh squashes z (calibration design)
     latent_noise: float = 0.1                 # σ: train on decode(z + σ·std(z)·ε)
-    learning_rate: float = 3e-3               # Adam, cosine-decayed over the step/time budget
+    learning_rate: float = 6e-3               # Adam, cosine-decayed over the step/time budget
     batch_size: int = 4                       # label patches per step
     patch_size: tuple[int, int, int] | None = (48, 48, 48)  # training crops; None = whole volumes
     max_steps: int = 3000                     # step budget (the time budget is an argument)
@@ -98,12 +88,12 @@ class LabelAEConfig:
             _rule(name, getattr(self, name), getattr(self, name) >= 1, "must be >= 1", "Use e.g. the default.")
         _rule("num_classes", self.num_classes, self.num_classes >= 2, "must be >= 2 (background + 1 class)",
               "Use e.g. 3 for background, kidney, tumour.")
-        for name in ("num_res_units", "head_hidden", "mid_channels"):
+        for name in ("num_res_units", "head_hidden"):
             _rule(name, getattr(self, name), getattr(self, name) >= 0, "must be >= 0", "Use 0 to disable it.")
         _rule("latent_noise", self.latent_noise, self.latent_noise >= 0, "must be >= 0", "Use e.g. 0.1.")
         _rule("learning_rate", self.learning_rate, self.learning_rate > 0, "must be > 0", "Use e.g. 3e-3.")
-        if self.downsample == "strided" or self.upsample == "transposed" or self.mid_channels:
-            _rule("downsample_factor", f, f & (f - 1) == 0, "must be a power of 2 with strided/transposed convs or mid_channels",
+        if self.downsample == "strided" or self.upsample == "transposed":
+            _rule("downsample_factor", f, f & (f - 1) == 0, "must be a power of 2 with strided/transposed convs",
                   "Use 2, 4 or 8, or downsample='unshuffle' and upsample='pixelshuffle'.")
         if self.patch_size is not None:
             ok = len(self.patch_size) == 3 and all(p > 0 and p % f == 0 for p in self.patch_size)
@@ -127,38 +117,23 @@ def _res_units(width: int, n: int) -> nn.Sequential:
 class SubpixelHead(nn.Module):
     """Latent-grid features (B, W, d, h, w) → logits (B, N, f·d, f·h, f·w) by sub-pixel convolution.
 
-    ``mid_channels = 0``: 1×1 convs to N·f³ channels, then one ``pixelshuffle`` by f: each voxel
-    of an f³ block reads its own channel. ``mid_channels = m``: shuffle by 2 at a time with a
-    3×3 conv of m channels on each intermediate grid. ``smooth``: add the trilinear upsampling of
-    coarse logits (a 1×1 conv W → N), a smooth level set that the sub-pixel part only corrects.
+    1×1 convs to N·f³ channels, then ``pixelshuffle`` by f: each voxel of an f³ block reads its
+    own channel. ``smooth`` adds the trilinear upsampling of coarse logits (a 1×1 conv W → N): a
+    smooth level set that the sub-pixel part only has to correct.
     """
 
-    def __init__(self, width: int, n: int, f: int, hidden: int, mid: int, smooth: bool) -> None:
+    def __init__(self, width: int, n: int, f: int, hidden: int, smooth: bool) -> None:
         super().__init__()
-        self.f, self.step = f, 2 if mid else f
-        layers: list[nn.Module] = []
-        c = width
-        for _ in range(int(round(math.log2(f))) - 1 if mid else 0):
-            layers += [_conv(c, mid * 8, kernel=1, act=False), _Shuffle(2), _conv(mid, mid)]
-            c = mid
-        hid = [_conv(c, hidden, kernel=1)] if hidden else []
-        self.body = nn.Sequential(*layers, *hid, _conv(hidden or c, n * self.step**3, kernel=1, act=False))
+        self.f = f
+        hid = [_conv(width, hidden, kernel=1)] if hidden else []
+        self.body = nn.Sequential(*hid, _conv(hidden or width, n * f**3, kernel=1, act=False))
         self.coarse = _conv(width, n, kernel=1, act=False) if smooth else None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        logits = pixelshuffle(self.body(h), 3, self.step)
+        logits = pixelshuffle(self.body(h), 3, self.f)
         if self.coarse is not None:  # smooth level set + per-voxel detail
             logits = logits + F.interpolate(self.coarse(h), scale_factor=self.f, mode="trilinear")
         return logits
-
-
-class _Shuffle(nn.Module):
-    def __init__(self, factor: int) -> None:
-        super().__init__()
-        self.factor = factor
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pixelshuffle(x, 3, self.factor)
 
 
 class LabelAutoencoder(nn.Module):
@@ -172,19 +147,19 @@ class LabelAutoencoder(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or LabelAEConfig()
         n, k, f, w = cfg.num_classes, cfg.latent_channels, cfg.downsample_factor, cfg.width
-        stages = int(round(math.log2(f))) if f & (f - 1) == 0 else 0
+        stages = round(math.log2(f)) if f & (f - 1) == 0 else 0
         if cfg.downsample == "unshuffle":
             down = [_conv(n * f**3, w, kernel=1)]
         else:  # stride-2 convs, the width halving towards full resolution
             widths = [max(w >> (stages - i), min(w, 8)) for i in range(stages + 1)]
-            down = [_conv(n, widths[0])] + [_conv(a, b, strides=2) for a, b in zip(widths, widths[1:])]
+            down = [_conv(n, widths[0])] + [_conv(a, b, strides=2) for a, b in pairwise(widths)]
         self.encoder = nn.Sequential(*down, _res_units(w, cfg.num_res_units), _conv(w, k, kernel=1, act=False))
         self.decoder = nn.Sequential(_conv(k, w), _res_units(w, cfg.num_res_units))
         if cfg.upsample == "pixelshuffle":
-            self.head = SubpixelHead(w, n, f, cfg.head_hidden, cfg.mid_channels, cfg.smooth_skip)
+            self.head = SubpixelHead(w, n, f, cfg.head_hidden, cfg.smooth_skip)
         else:
             widths = [max(w >> i, min(w, 8)) for i in range(stages + 1)]
-            ups = [_conv(a, b, strides=2, is_transposed=True, output_padding=1) for a, b in zip(widths, widths[1:])]
+            ups = [_conv(a, b, strides=2, is_transposed=True, output_padding=1) for a, b in pairwise(widths)]
             self.head = nn.Sequential(*ups, _conv(widths[-1], n, kernel=1, act=False))
         self.register_buffer("scale_factor", torch.tensor(1.0))
 
@@ -207,13 +182,6 @@ class LabelAutoencoder(nn.Module):
                                  f"{labels.shape[1]}. Pass class indices (B, 1, ...) or a matching one-hot.")
         return labels.float()
 
-    def _check_grid(self, shape: Sequence[int], name: str) -> None:
-        f = self.factor
-        if any(s % f for s in shape):
-            raise UserInputError(f"`{name}` spatial size must be divisible by downsample_factor={f}, got "
-                                 f"{tuple(shape)}. Pad it first, e.g. monai.transforms.DivisiblePad(k={f}), "
-                                 "or use label_ae.reconstruct(), which pads for you.")
-
     def encode(self, labels: torch.Tensor) -> torch.Tensor:
         """z_l = s · E(onehot(y)) (paper item 4).
 
@@ -223,10 +191,13 @@ class LabelAutoencoder(nn.Module):
         Returns:
             (B, k, D/f, H/f, W/f) latent, unit variance once ``latent_scale_factor`` has run.
         """
-        x = self.to_onehot(labels)
-        self._check_grid(x.shape[2:], "labels")
+        x, f = self.to_onehot(labels), self.factor
+        if any(n % f for n in x.shape[2:]):
+            raise UserInputError(f"`labels` spatial size must be divisible by downsample_factor={f}, got "
+                                 f"{tuple(x.shape[2:])}. Pad it (label_ae.pad_to_factor or monai DivisiblePad(k={f})) "
+                                 "or use label_ae.reconstruct(), which pads for you.")
         if self.cfg.downsample == "unshuffle":
-            x = pixelunshuffle(x, 3, self.factor)
+            x = pixelunshuffle(x, 3, f)
         z = self.encoder(x)
         if self.cfg.latent_activation == "tanh":
             z = torch.tanh(z)
@@ -293,11 +264,12 @@ class _PatchSampler:
 
 def train_label_autoencoder(model: LabelAutoencoder, label_volumes: Sequence[Any], cfg: LabelAEConfig | None = None,
                             *, max_seconds: float | None = None, max_steps: int | None = None, seed: int = 0,
-                            log_every: int = 25, verbose: bool = False) -> dict[str, Any]:
+                            log_every: int = 25, val_volumes: Sequence[Any] = ()) -> dict[str, Any]:
     """Pre-train the label autoencoder alone: DiceCE(decode(z + σ·std(z)·ε), y), then set the scale.
 
     Adam with a short warm-up and a cosine decay over whichever budget (steps or seconds) runs out
-    first; gradients clipped at 1. Finally ``latent_scale_factor`` is computed on ``label_volumes``.
+    first; gradients clipped at 1. Finally ``latent_scale_factor`` is computed on ``label_volumes``
+    and, if ``val_volumes`` are given, their mean reconstruction Dice per class (MONAI ``DiceMetric``).
 
     Args:
         model: the autoencoder (trained in place, left in eval mode).
@@ -307,11 +279,11 @@ def train_label_autoencoder(model: LabelAutoencoder, label_volumes: Sequence[Any
         max_steps: step budget; default ``cfg.max_steps``.
         seed: seeds the patch sampler and the latent noise.
         log_every: steps between entries of the returned history.
-        verbose: print a line at each history entry.
+        val_volumes: held-out label volumes scored at the end.
 
     Returns:
         ``{"step": [...], "loss": [...], "seconds": [...], "steps": n, "train_seconds": t,
-        "scale_factor": s}``.
+        "scale_factor": s, "val_dice": [per foreground class] (with val_volumes)}``.
     """
     cfg = cfg or model.cfg
     volumes = [_as_label_tensor(v, i) for i, v in enumerate(label_volumes)]
@@ -343,11 +315,11 @@ def train_label_autoencoder(model: LabelAutoencoder, label_volumes: Sequence[Any
         if step % log_every == 0 or step == 1:
             for key, value in (("step", step), ("loss", loss.item()), ("seconds", elapsed)):
                 history[key].append(value)
-            if verbose:
-                print(f"step {step:5d}  loss {loss.item():.4f}  {elapsed:6.1f} s")
     history["steps"], history["train_seconds"] = step, time.perf_counter() - start
     model.eval()
     history["scale_factor"] = latent_scale_factor(model, volumes)
+    if len(val_volumes):
+        history["val_dice"] = reconstruction_dice(model, val_volumes).nanmean(0).tolist()
     return history
 
 
@@ -380,7 +352,7 @@ def latent_scale_factor(model: LabelAutoencoder, data: Iterable[Any] | torch.Ten
     model.scale_factor.fill_(1.0)
     total = total_sq = count = 0.0
     for labels in _batches(data):
-        z = model.encode(_pad_to_factor(labels.to(model.scale_factor.device), model.factor)).double()
+        z = model.encode(pad_to_factor(labels.to(model.scale_factor.device), model.factor)).double()
         total, total_sq, count = total + z.sum().item(), total_sq + (z * z).sum().item(), count + z.numel()
     std = math.sqrt(max(total_sq / count - (total / count) ** 2, 1e-12))
     model.scale_factor.copy_(torch.tensor(1.0 / std) if set_buffer else old)
@@ -388,7 +360,8 @@ def latent_scale_factor(model: LabelAutoencoder, data: Iterable[Any] | torch.Ten
     return 1.0 / std
 
 
-def _pad_to_factor(labels: torch.Tensor, factor: int) -> torch.Tensor:
+def pad_to_factor(labels: torch.Tensor, factor: int) -> torch.Tensor:
+    """Pad (B, C, D, H, W) with zeros (background) at the far end of each axis to multiples of ``factor``."""
     pads = [p for s in reversed(labels.shape[2:]) for p in (0, (-s) % factor)]
     return F.pad(labels, pads) if any(pads) else labels
 
@@ -400,7 +373,7 @@ def reconstruct(model: LabelAutoencoder, labels: torch.Tensor, noise: float = 0.
     The volume is background-padded to a multiple of f and the result cropped back. ``noise``
     is added in the unit-variance latent (σ of the denoiser's error you want to simulate).
     """
-    padded = _pad_to_factor(model.to_onehot(labels), model.factor)
+    padded = pad_to_factor(model.to_onehot(labels), model.factor)
     z = model.encode(padded)
     if noise > 0:
         z = z + noise * z.std() * torch.randn_like(z)

@@ -113,6 +113,8 @@ def fit(model: Any, train_loader: Iterable[Mapping[str, Any]], cfg: TrainConfig 
     start, step, batches = time.perf_counter(), 0, _forever(train_loader)
     while step < steps:
         elapsed = time.perf_counter() - start
+        if max_seconds is not None and elapsed >= max_seconds:
+            break
         progress = max(step / steps, elapsed / max_seconds if max_seconds else 0.0)
         if progress >= 1.0:
             break

@@ -11,6 +11,15 @@ from tdseg_lite.errors import UserInputError
 
 TINY = DenoiserConfig(channels=(8, 16, 16), norm_num_groups=4, num_head_channels=8)
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP barrier stalls on a busy 2-core machine (10-100x)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 
 def _randomised(den: ConditionalDenoiser) -> ConditionalDenoiser:
     """MONAI zero-initialises the output and attention projections; give them weights, keep ours at zero."""

@@ -12,6 +12,15 @@ from tdseg_lite.errors import UserInputError
 
 PREDICTIONS = ("epsilon", "sample", "v_prediction")
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP barrier stalls on a busy 2-core machine (10-100x)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 
 @pytest.mark.parametrize("schedule", ["linear_beta", "scaled_linear_beta", "cosine"])
 def test_alpha_bar_decreases_from_near_one(schedule: str) -> None:

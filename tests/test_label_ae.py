@@ -8,9 +8,17 @@ import torch
 
 from tdseg_lite.config import PRESET_NAMES, ConfigError, build_config
 from tdseg_lite.errors import UserInputError
-from tdseg_lite.label_ae import (LabelAEConfig, LabelAutoencoder, latent_scale_factor, load_label_autoencoder,
-                                 reconstruct, reconstruction_dice, save_label_autoencoder, structure_dice,
-                                 train_label_autoencoder)
+from tdseg_lite.label_ae import (
+    LabelAEConfig,
+    LabelAutoencoder,
+    latent_scale_factor,
+    load_label_autoencoder,
+    reconstruct,
+    reconstruction_dice,
+    save_label_autoencoder,
+    structure_dice,
+    train_label_autoencoder,
+)
 
 
 def phantom_like_label(shape: tuple[int, int, int] = (32, 32, 16), seed: int = 0) -> np.ndarray:

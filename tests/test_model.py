@@ -1,0 +1,188 @@
+"""TextDiffSeg and the baselines behind one interface: losses fall, guidance, ensembles, seeds, errors.
+
+A stub text encoder (deterministic random token states per prompt, D = 16) keeps the tests free
+of the transformer; the real encoder is tested in test_text.py.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+
+from tdseg_lite.config import ConfigError
+from tdseg_lite.errors import UserInputError
+from tdseg_lite.label_ae import LabelAEConfig, LabelAutoencoder
+from tdseg_lite.model import AuxHeadView, ModelConfig, ModelSpec, TextDiffSeg, build_model
+from tdseg_lite.segmenter import TextConditioner
+from tdseg_lite.text import TextEmbedding
+
+PATCH = (16, 16, 16)
+TINY = {"denoiser.channels": (8, 16, 16), "denoiser.norm_num_groups": 4, "denoiser.num_head_channels": 8,
+        "image_encoder.channels": (4, 8, 8, 16), "image_encoder.latent_channels": 8, "label_ae.width": 8,
+        "label_ae.latent_channels": 4, "fusion.num_heads": 1, "fusion.head_dim": 8, "fusion.norm_groups": 4,
+        "unet_channels": (4, 8, 16), "unet_strides": (2, 2), "unet_res_units": 1,
+        "pixel_channels": (4, 8, 8), "pixel_attention_levels": (False, False, True), "skip_width": 4,
+        "diffusion.inference_steps": 3}
+MODELS = ("textdiffseg", "unet", "pixel-diffusion")
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP barrier stalls on a busy 2-core machine (10-100x)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+
+class StubTextEncoder:
+    """``TextEncoder``'s interface with deterministic random token states (L = 6, D = 16)."""
+
+    def encode(self, texts: str | list[str]) -> TextEmbedding:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return TextEmbedding.cat([self._one(t) for t in texts], stack=True)
+
+    def null_embedding(self, batch_size: int = 1) -> TextEmbedding:
+        return self.encode([""]).expand(batch_size)
+
+    @staticmethod
+    def _one(text: str) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(zlib.crc32(text.encode()))
+        tokens, n = torch.randn(6, 16, generator=g), min(6, 2 + len(text.split()))
+        mask = torch.arange(6) < n
+        return {"tokens": tokens, "mask": mask, "pooled": tokens[:n].mean(0), "input_ids": torch.zeros(6, dtype=torch.long)}
+
+
+def make(model: str = "textdiffseg", **overrides) -> torch.nn.Module:
+    torch.manual_seed(0)
+    spec = ModelSpec.build("smoke", {**TINY, "model": model, **overrides})
+    return build_model(spec, text_encoder=StubTextEncoder(), patch_size=PATCH)
+
+
+def fixed_batch() -> dict:
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 1, *PATCH, generator=g)
+    label = torch.zeros(2, 1, *PATCH, dtype=torch.long)
+    label[:, :, 4:12, 4:12, 4:12] = 1
+    label[:, :, 6:9, 6:9, 6:9] = 2
+    image = image * 0.2 + label.float() * 0.4
+    return {"image": image, "label": label, "description": ["A 1 cm tumour in the left kidney.", ""]}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_loss_falls_on_a_fixed_batch(name: str) -> None:
+    model = make(name, **{"diffusion.text_dropout": 0.0})
+    batch = fixed_batch()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    torch.manual_seed(1)
+    losses = []
+    for _ in range(20):
+        out = model.loss(batch)
+        assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["loss"].detach()))
+    assert sum(losses[-4:]) / 4 < 0.8 * sum(losses[:4]) / 4, losses
+
+
+def test_textdiffseg_loss_terms_and_frozen_autoencoder() -> None:
+    model = make()
+    out = model.loss(fixed_batch())
+    assert {"loss", "mse", "seg", "aux_mse", "aux_seg"} <= set(out)
+    assert not any(p.requires_grad for p in model.label_ae.parameters())
+    model.train()
+    assert not model.label_ae.training
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_predict_shapes_and_uncertainty(name: str) -> None:
+    model = make(name).eval()
+    image = fixed_batch()["image"]
+    probs, unc = model.predict(image, "A kidney.", samples=2, steps=2, uncertainty=True,
+                               generator=torch.Generator().manual_seed(0))
+    assert probs.shape == (2, 3, *PATCH) and unc.shape == (2, 1, *PATCH)
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones(2, *PATCH))
+    assert bool((unc >= 0).all())
+
+
+@pytest.mark.parametrize("name", ["textdiffseg", "pixel-diffusion"])
+def test_guidance_zero_is_the_unconditional_model(name: str) -> None:
+    model = make(name).eval()
+    image = fixed_batch()["image"]
+    null = StubTextEncoder().null_embedding(1)
+
+    def run(text, w):
+        return model.predict(image, text, steps=2, guidance=w, generator=torch.Generator().manual_seed(5))
+
+    torch.testing.assert_close(run("A 3 cm tumour in the right kidney.", 0.0), run(null, 1.0), rtol=0, atol=0)
+    cond, mixed = run("A 3 cm tumour in the right kidney.", 1.0), run("A 3 cm tumour in the right kidney.", 2.0)
+    assert cond.shape == mixed.shape
+
+
+def test_seeded_sampling_is_deterministic() -> None:
+    model = make(**{"diffusion.eta": 1.0}).eval()
+    image = fixed_batch()["image"]
+    a, b = (model.predict(image, None, generator=torch.Generator().manual_seed(3)) for _ in range(2))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_aux_head_view_and_ceiling() -> None:
+    model = make().eval()
+    batch = fixed_batch()
+    assert AuxHeadView(model).predict(batch["image"]).shape == (2, 3, *PATCH)
+    assert model.ceiling(batch["image"], batch["label"]).shape == (2, 3, *PATCH)
+    with pytest.raises(ConfigError, match="aux_head"):
+        make(aux_head=False).predict_aux(batch["image"])
+
+
+@pytest.mark.parametrize("overrides", [{"text_fusion": False}, {"image_features": False}, {"label_encoder": False},
+                                       {"decoder_image_skip": False, "diffusion.start": "aux"},
+                                       {"denoiser.self_condition": True, "diffusion.prediction_type": "epsilon"}])
+def test_ablations_build_train_and_predict(overrides: dict) -> None:
+    model = make(**overrides)
+    assert torch.isfinite(model.loss(fixed_batch())["loss"])
+    assert model.eval().predict(fixed_batch()["image"], steps=2).shape == (2, 3, *PATCH)
+
+
+def test_text_dropout_replaces_rows_by_the_null_prompt() -> None:
+    text = TextConditioner(StubTextEncoder(), ["kidney", "kidney tumor"])
+    emb = text.embed(["a b c", "d e f"], 2, "cpu")
+    dropped = text.drop(emb, 0.999, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(dropped.tokens, text.null(2, "cpu").tokens)
+    assert bool((emb.tokens[~emb.mask] == 0).all())  # padding zeroed: MONAI's cross-attention has no mask
+
+
+def test_spec_routes_dotted_keys_and_round_trips() -> None:
+    spec = ModelSpec.build("smoke", {"diffusion.eta": 0.5, "model": "unet", "denoiser.film": False})
+    assert spec.diffusion.eta == 0.5 and spec.model.model == "unet" and not spec.denoiser.film
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize(("overrides", "match"), [
+    ({"decoder.eta": 1}, "must start with one of"),
+    ({"diffusion.etaa": 1}, "did you mean 'eta'"),
+    ({"model": "vnet"}, "must be one of"),
+    ({"num_classes": 1}, "num_classes"),
+    ({"unet_strides": (2,)}, "unet_strides"),
+    ({"skip_kernel": 2}, "skip_kernel"),
+])
+def test_config_errors(overrides: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        ModelSpec.build("smoke", overrides)
+
+
+def test_call_errors() -> None:
+    model = make().eval()
+    with pytest.raises(UserInputError, match="`image`"):
+        model.predict(torch.rand(1, 16, 16, 16))
+    with pytest.raises(UserInputError, match="`samples`"):
+        model.predict(fixed_batch()["image"], samples=0)
+    with pytest.raises(UserInputError, match="`text`"):
+        model.predict(fixed_batch()["image"], ["a", "b", "c"])
+    spec = ModelSpec.build("smoke", TINY)
+    with pytest.raises(ConfigError, match="num_classes"):
+        TextDiffSeg(spec, LabelAutoencoder(LabelAEConfig(num_classes=2, width=8, latent_channels=4)), None, PATCH)
+    assert ModelConfig().model == "textdiffseg"

@@ -1,0 +1,85 @@
+"""The training loop and whole-volume inference/metrics, with the tiny models of test_model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tdseg_lite.config import ConfigError
+from tdseg_lite.errors import UserInputError
+from tdseg_lite.inference import evaluate, per_class_metrics, sliding_window_predict
+from tdseg_lite.train import TrainConfig, fit, learning_rate_at, make_optimizer, training_step
+
+from test_model import fixed_batch, make, one_thread  # noqa: E402,F401 - tests/ is on sys.path; fixture
+
+
+def test_fit_respects_the_step_budget_and_logs() -> None:
+    model = make("unet")
+    history = fit(model, [fixed_batch()], TrainConfig(log_every=2, warmup_steps=1, device="cpu"), max_steps=4,
+                  val_fn=lambda m: {"score": 1.0})
+    assert history["steps"] == 4 and history["step"] == [1, 2, 4]
+    assert {"loss", "seg", "lr"} <= set(history) and history["val"] == [{"step": 4, "score": 1.0}]
+    assert not model.training
+
+
+def test_fit_respects_the_time_budget() -> None:
+    history = fit(make("unet"), [fixed_batch()], TrainConfig(device="cpu"), max_seconds=0.0)
+    assert history["steps"] == 0
+
+
+def test_training_step_skips_frozen_parameters() -> None:
+    model = make()
+    opt = make_optimizer(model, TrainConfig())
+    frozen = {id(p) for p in model.label_ae.parameters()}
+    assert not any(id(p) in frozen for g in opt.param_groups for p in g["params"])
+    before = [p.clone() for p in model.label_ae.parameters()]
+    out = training_step(model, fixed_batch(), opt)
+    assert math.isfinite(out["loss"])
+    assert all(torch.equal(a, b) for a, b in zip(before, model.label_ae.parameters()))
+
+
+def test_learning_rate_schedule() -> None:
+    cfg = TrainConfig(learning_rate=1.0, warmup_steps=10)
+    assert learning_rate_at(cfg, 0, 0.0) == pytest.approx(0.1)
+    assert learning_rate_at(cfg, 50, 0.5) == pytest.approx(0.5)
+    assert learning_rate_at(cfg, 99, 1.0) == pytest.approx(0.0)
+    assert learning_rate_at(TrainConfig(learning_rate=1.0, schedule="constant", warmup_steps=0), 5, 0.9) == 1.0
+
+
+@pytest.mark.parametrize("name", ["textdiffseg", "unet"])
+def test_sliding_window_on_a_volume_larger_than_the_patch(name: str) -> None:
+    model = make(name).eval()
+    image = torch.rand(1, 1, 24, 20, 16)
+    probs, unc = sliding_window_predict(model, image, "A kidney.", roi_size=(16, 16, 16), uncertainty=True, steps=2,
+                                        generator=torch.Generator().manual_seed(0))
+    assert probs.shape == (1, 3, 24, 20, 16) and unc.shape == (1, 1, 24, 20, 16)
+    with pytest.raises(UserInputError, match="one volume"):
+        sliding_window_predict(model, torch.rand(2, 1, 16, 16, 16), roi_size=(16, 16, 16))
+
+
+def test_per_class_metrics_perfect_and_missing() -> None:
+    label = fixed_batch()["label"][:1]
+    perfect = per_class_metrics(label, label, 3, spacing=(3.0, 3.0, 3.0))
+    assert perfect["dice"] == [1.0, 1.0] and perfect["hd95"] == [0.0, 0.0]
+    empty = per_class_metrics(torch.zeros_like(label), label, 3)
+    assert empty["dice"] == [0.0, 0.0] and all(math.isnan(v) for v in empty["hd95"])
+
+
+def test_evaluate_reports_means_per_class() -> None:
+    model = make("unet").eval()
+    batch = fixed_batch()
+    loader = [{"image": batch["image"][:1], "label": batch["label"][:1], "case_id": ["a"]}]
+    out = evaluate(model, loader, roi_size=(16, 16, 16), spacing=(3.0, 3.0, 3.0), class_names=["kidney", "tumor"])
+    assert set(out["dice"]) == {"kidney", "tumor"} and out["cases"][0]["case_id"] == "a"
+    assert out["seconds_per_case"] >= 0 and set(out["hd95_undefined"]) == {"kidney", "tumor"}
+    with pytest.raises(UserInputError, match="at least one case"):
+        evaluate(model, [], roi_size=(16, 16, 16))
+
+
+def test_train_config_errors() -> None:
+    with pytest.raises(ConfigError, match="learning_rate"):
+        TrainConfig(learning_rate=0.0)
+    with pytest.raises(ConfigError, match="max_steps"):
+        TrainConfig(max_steps=0)
