@@ -44,7 +44,7 @@ from tdseg_lite.model import AuxHeadView, ModelSpec, build_model  # noqa: E402
 from tdseg_lite.prompts import dataset_prompts  # noqa: E402
 from tdseg_lite.text import TextEncoder  # noqa: E402
 from tdseg_lite.train import TrainConfig, fit  # noqa: E402
-from tdseg_lite.utils import atomic_write_text, seed_everything, versions  # noqa: E402
+from tdseg_lite.utils import atomic_write_text, pick_device, seed_everything, versions  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quality"
 CLASSES = ("kidney", "tumor")
@@ -110,15 +110,18 @@ def run_model(name: str, args: argparse.Namespace, data: dict[str, Any], encoder
     dcfg, sets = data["cfg"], parse_sets(args.set)
     spec = ModelSpec.build(args.preset, {**{k: v for k, v in sets.items() if not k.startswith("train.")},
                                          "model": name})
-    tcfg = build_config(TrainConfig, args.preset, {k[6:]: v for k, v in sets.items() if k.startswith("train.")})
+    tcfg = build_config(TrainConfig, args.preset, {"device": args.device,
+                                                    **{k[6:]: v for k, v in sets.items() if k.startswith("train.")}})
     phrases = dataset_prompts("phantom_kidney").phrases
     model = build_model(spec, text_encoder=encoder, phrases=phrases, patch_size=dcfg.patch_size)
+    model.to(pick_device(args.device))
     budget = args.minutes * 60
     load0 = os.getloadavg()
     start = time.perf_counter()
-    pre = model.pretrain(data["label_volumes"], max_seconds=min(args.ae_seconds, budget / 2), seed=args.seed)
-    history = fit(model, data["train_loader"], tcfg, max_seconds=budget - (time.perf_counter() - start),
-                  verbose=args.verbose)
+    pre = model.pretrain(data["label_volumes"], max_seconds=min(args.ae_seconds, budget / 2), seed=args.seed,
+                         max_steps=args.ae_iters)
+    history = fit(model, data["train_loader"], tcfg, max_seconds=None if args.max_iters else
+                  budget - (time.perf_counter() - start), max_steps=args.max_iters, verbose=args.verbose)
     train_seconds = time.perf_counter() - start
     kw = {"roi_size": dcfg.patch_size, "spacing": dcfg.spacing, "class_names": CLASSES,
           "max_cases": args.max_val_cases}
@@ -212,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-cost", action="store_true", help="skip the denoiser cost measurement")
     parser.add_argument("--keep-cases", action="store_true", help="keep per-case metrics in the JSON")
     parser.add_argument("--verbose", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu (the protocol) | auto | cuda")
+    parser.add_argument("--max-iters", type=int, default=None, help="iteration budget instead of wall clock")
+    parser.add_argument("--ae-iters", type=int, default=None, help="AE iteration budget (with --max-iters)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     report: dict[str, Any] = {"date": dt.datetime.now().isoformat(timespec="seconds"), "minutes": args.minutes,

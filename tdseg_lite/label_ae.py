@@ -47,7 +47,7 @@ from tdseg_lite.errors import UserInputError
 
 __all__ = [
     "LabelAEConfig", "LabelAutoencoder", "SubpixelHead", "latent_scale_factor", "load_label_autoencoder",
-    "pad_to_factor", "reconstruct", "reconstruction_dice", "save_label_autoencoder", "structure_dice",
+    "pad_to_factor", "pca_initialise", "reconstruct", "reconstruction_dice", "save_label_autoencoder", "structure_dice",
     "train_label_autoencoder",
 ]
 
@@ -71,6 +71,7 @@ class LabelAEConfig:
     num_res_units: int = 1                    # residual units in the encoder and in the decoder
     head_hidden: int = 64                     # hidden 1×1 layer of the sub-pixel head (0: linear head)
     smooth_skip: bool = True                  # add trilinearly upsampled coarse logits to the sub-pixel head
+    linear_path: bool = True                  # + a linear block code E_lin/D_lin, PCA-initialised (sub-pixel design)
     downsample: Literal["unshuffle", "strided"] = "unshuffle"       # space-to-depth | stride-2 convs
     upsample: Literal["pixelshuffle", "transposed"] = "pixelshuffle"  # sub-pixel head | transposed convs
     latent_activation: Literal["none", "tanh"] = "none"              # tanh squashes z (calibration design)
@@ -129,8 +130,10 @@ class SubpixelHead(nn.Module):
         self.body = nn.Sequential(*hid, _conv(hidden or width, n * f**3, kernel=1, act=False))
         self.coarse = _conv(width, n, kernel=1, act=False) if smooth else None
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        logits = pixelshuffle(self.body(h), 3, self.f)
+    def forward(self, h: torch.Tensor, blocks: torch.Tensor | None = None) -> torch.Tensor:
+        """h (B, W, d, h, w) [+ ``blocks``, extra (B, N·f³, d, h, w) block logits] → (B, N, f·d, f·h, f·w)."""
+        out = self.body(h)
+        logits = pixelshuffle(out if blocks is None else out + blocks, 3, self.f)
         if self.coarse is not None:  # smooth level set + per-voxel detail
             logits = logits + F.interpolate(self.coarse(h), scale_factor=self.f, mode="trilinear")
         return logits
@@ -157,11 +160,21 @@ class LabelAutoencoder(nn.Module):
         self.decoder = nn.Sequential(_conv(k, w), _res_units(w, cfg.num_res_units))
         if cfg.upsample == "pixelshuffle":
             self.head = SubpixelHead(w, n, f, cfg.head_hidden, cfg.smooth_skip)
+            if cfg.linear_path and cfg.downsample == "unshuffle":  # nonlinear paths start at 0: see pca_initialise
+                self.lin_in, self.lin_out = nn.Conv3d(n * f**3, k, 1), nn.Conv3d(k, n * f**3, 1)
+                for conv in (self.encoder[-1], self.head.body[-1], self.head.coarse):
+                    for param in conv.parameters() if conv is not None else ():
+                        nn.init.zeros_(param)
         else:
             widths = [max(w >> i, min(w, 8)) for i in range(stages + 1)]
             ups = [_conv(a, b, strides=2, is_transposed=True, output_padding=1) for a, b in pairwise(widths)]
             self.head = nn.Sequential(*ups, _conv(widths[-1], n, kernel=1, act=False))
         self.register_buffer("scale_factor", torch.tensor(1.0))
+
+    @property
+    def has_linear_path(self) -> bool:
+        """True when E = E_lin + E_nonlin and D = D_lin + D_nonlin (``cfg.linear_path``, sub-pixel design)."""
+        return hasattr(self, "lin_in")
 
     @property
     def factor(self) -> int:
@@ -198,7 +211,7 @@ class LabelAutoencoder(nn.Module):
                                  "or use label_ae.reconstruct(), which pads for you.")
         if self.cfg.downsample == "unshuffle":
             x = pixelunshuffle(x, 3, f)
-        z = self.encoder(x)
+        z = self.encoder(x) + self.lin_in(x) if self.has_linear_path else self.encoder(x)
         if self.cfg.latent_activation == "tanh":
             z = torch.tanh(z)
         return z * self.scale_factor
@@ -209,7 +222,10 @@ class LabelAutoencoder(nn.Module):
             got = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
             raise UserInputError(f"`z` must be a (B, {self.cfg.latent_channels}, d, h, w) latent, got {got}. "
                                  "Pass the output of encode().")
-        return self.head(self.decoder(z / self.scale_factor))
+        z = z / self.scale_factor
+        if self.has_linear_path:
+            return self.head(self.decoder(z), self.lin_out(z))
+        return self.head(self.decoder(z))
 
     def forward(self, labels: torch.Tensor, noise: float = 0.0) -> torch.Tensor:
         """decode(z + noise·std(z)·ε) with z = encode(labels): (B, 1|N, D, H, W) → logits (B, N, D, H, W)."""
@@ -262,12 +278,50 @@ class _PatchSampler:
         return torch.stack([self.crop(i) for i in idx])[:, None].long()
 
 
+@torch.no_grad()
+def pca_initialise(model: LabelAutoencoder, label_volumes: Sequence[Any], gain: float = 10.0) -> torch.Tensor:
+    """Set the linear path to the best linear block code: PCA of the space-to-depth blocks.
+
+    Each f³ block of one-hot labels is a vector x ∈ R^{N·f³}. With μ their mean and V_k the top-k
+    principal directions, E_lin(x) = V_k (x - μ) and D_lin(z) = gain · (V_kᵀ z + μ) (block logits);
+    the nonlinear paths start at zero, so training starts from the PCA reconstruction.
+
+    Args:
+        model: a ``LabelAutoencoder`` with ``has_linear_path``.
+        label_volumes: class-index volumes (D, H, W) or (1, D, H, W).
+        gain: logit scale of the linear decoder (softmax of gain · one-hot ≈ one-hot).
+
+    Returns:
+        (k,) share of the block variance that each kept component explains.
+    """
+    if not model.has_linear_path:
+        raise UserInputError("`model` must have a linear path (LabelAEConfig.linear_path=True with the "
+                             "unshuffle/pixelshuffle design), got one without. Build it with linear_path=True.")
+    device, f = model.lin_in.weight.device, model.factor
+    total, outer, count = 0.0, 0.0, 0
+    for i, vol in enumerate(label_volumes):
+        y = pad_to_factor(_as_label_tensor(vol, i)[None, None].long().to(device), f)
+        x = pixelunshuffle(model.to_onehot(y), 3, f).flatten(2)[0].double()  # (N·f³, cells)
+        total, outer, count = total + x.sum(1), outer + x @ x.T, count + x.shape[1]
+    mean = total / count
+    eigval, eigvec = torch.linalg.eigh(outer / count - torch.outer(mean, mean))
+    order = eigval.argsort(descending=True)[: model.cfg.latent_channels]
+    basis = eigvec[:, order].T.float()  # (k, N·f³)
+    model.lin_in.weight.copy_(basis[..., None, None, None])
+    model.lin_in.bias.copy_(-basis @ mean.float())
+    model.lin_out.weight.copy_(gain * basis.T[..., None, None, None])
+    model.lin_out.bias.copy_(gain * mean.float())
+    return (eigval[order] / eigval.clamp_min(0).sum()).float().cpu()
+
+
 def train_label_autoencoder(model: LabelAutoencoder, label_volumes: Sequence[Any], cfg: LabelAEConfig | None = None,
                             *, max_seconds: float | None = None, max_steps: int | None = None, seed: int = 0,
-                            log_every: int = 25, val_volumes: Sequence[Any] = ()) -> dict[str, Any]:
+                            log_every: int = 25, val_volumes: Sequence[Any] = (), pca_init: bool = True
+                            ) -> dict[str, Any]:
     """Pre-train the label autoencoder alone: DiceCE(decode(z + σ·std(z)·ε), y), then set the scale.
 
-    Adam with a short warm-up and a cosine decay over whichever budget (steps or seconds) runs out
+    A model with a linear path first gets ``pca_initialise`` (unless ``pca_init=False``, e.g. to
+    continue training). Adam with a short warm-up and a cosine decay over whichever budget (steps or seconds) runs out
     first; gradients clipped at 1. Finally ``latent_scale_factor`` is computed on ``label_volumes``
     and, if ``val_volumes`` are given, their mean reconstruction Dice per class (MONAI ``DiceMetric``).
 
@@ -280,6 +334,7 @@ def train_label_autoencoder(model: LabelAutoencoder, label_volumes: Sequence[Any
         seed: seeds the patch sampler and the latent noise.
         log_every: steps between entries of the returned history.
         val_volumes: held-out label volumes scored at the end.
+        pca_init: start the linear path from PCA of the training blocks.
 
     Returns:
         ``{"step": [...], "loss": [...], "seconds": [...], "steps": n, "train_seconds": t,
@@ -290,6 +345,8 @@ def train_label_autoencoder(model: LabelAutoencoder, label_volumes: Sequence[Any
     if not volumes:
         raise UserInputError("`label_volumes` must hold at least one volume, got 0. Pass the training labels.")
     steps = max_steps if max_steps is not None else cfg.max_steps
+    if pca_init and model.has_linear_path:
+        pca_initialise(model, volumes)
     sampler, device = _PatchSampler(volumes, cfg, seed), next(model.parameters()).device
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)

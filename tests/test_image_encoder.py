@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import torch
 
@@ -53,7 +55,13 @@ def test_aux_head_trains_through_frozen_label_decoder(one_thread) -> None:
     labels[:, :, 4:12, 4:12, 4:12] = 1
     labels[:, :, 6:9, 6:9, 6:9] = 2
     image = labels.float() / 2 + 0.05 * torch.randn(2, 1, 16, 16, 16)  # brighter where the labels are
-    opt = torch.optim.Adam(encoder.parameters(), lr=1e-2)
+
+    def latent_error() -> float:
+        with torch.no_grad():
+            return torch.nn.functional.mse_loss(encoder(image).aux_latent, label_ae.encode(labels)).item()
+
+    before = latent_error()
+    opt = torch.optim.Adam(encoder.parameters(), lr=3e-3)
     losses = []
     for _ in range(20):
         loss = aux_loss(encoder(image), labels, label_ae)
@@ -61,7 +69,9 @@ def test_aux_head_trains_through_frozen_label_decoder(one_thread) -> None:
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.85 * losses[0], losses
+    # the (untrained) label decoder bounds the DiceCE part; the latent part must fall a lot
+    assert losses[-1] < losses[0] - 0.15 and all(b < a for a, b in pairwise(losses[2:])), losses
+    assert latent_error() < 0.2 * before
     assert all(p.grad is None for p in label_ae.parameters())  # the label autoencoder stays frozen
 
 
