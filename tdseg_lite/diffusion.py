@@ -69,7 +69,7 @@ class DiffusionConfig:
     mse_weight: float = 1.0                # λ: MSE(output, target) in the latent
     aux_weight: float = 1.0                # Dice + CE of the image encoder's aux head (decoded)
     aux_latent_weight: float = 1.0         # MSE(aux latent, z^(0))
-    decode_fraction: float = 1.0           # share of the batch decoded for the pixel losses (throughput)
+    decode_fraction: float = 0.5           # share of the batch decoded for the pixel losses (throughput)
 
     def __post_init__(self) -> None:
         if self.num_train_timesteps < 2:

@@ -10,13 +10,16 @@ latent back to N-class logits::
 noise of the forward process z^(t) = sqrt(ᾱ_t) z^(0) + sqrt(1-ᾱ_t) ε (paper item 5), as in MONAI's
 3d_ldm tutorial. Design (chosen with ``benchmarks/bench_label_ae.py``), every conv on the latent grid:
 
-* encoder: ``pixelunshuffle`` (lossless space-to-depth, N·f³ channels), 1×1 conv, residual units,
-  1×1 conv to k channels; no tanh;
-* decoder: 3×3 conv, residual units, ``SubpixelHead`` (1×1 convs to N·f³ channels +
-  ``pixelshuffle``, plus trilinearly upsampled coarse logits). ``downsample="strided"``,
-  ``upsample="transposed"``, ``latent_activation="tanh"`` give the conventional design instead.
+* encoder E = E_lin + E_nonlin on the ``pixelunshuffle`` blocks (lossless space-to-depth, N·f³
+  channels): E_lin is a 1×1 conv to k channels, E_nonlin 1×1 conv, residual units, 1×1 conv; no tanh;
+* decoder D = D_lin + D_nonlin: D_lin a 1×1 conv back to N·f³ block logits, D_nonlin a 3×3 conv,
+  residual units and ``SubpixelHead`` (1×1 convs + ``pixelshuffle``, plus trilinearly upsampled
+  coarse logits);
+* ``pca_initialise`` sets E_lin/D_lin to the best linear block code (class-weighted PCA) and the
+  nonlinear paths start at zero: training starts from a good autoencoder and refines it.
 
-Pre-training decodes z + σ·std(z)·ε so that the decoder tolerates the denoiser's error.
+``downsample="strided"``, ``upsample="transposed"``, ``latent_activation="tanh"`` give the
+conventional design instead. Pre-training decodes z + σ·std(z)·ε (robust to the denoiser's error).
 
 Explained in notebooks/02_label_latent_space.ipynb
 """
@@ -65,34 +68,41 @@ class LabelAEConfig:
                  "max_steps": 8000},
     }
     num_classes: int = 3                      # N: label classes including background
-    latent_channels: int = 8                  # k: channels of z_l (k ≪ N·f³)
+    latent_channels: int = 32                 # k: channels of z_l (k ≪ N·f³ = 192 at N=3, f=4)
     downsample_factor: int = 4                # f: latent grid = input grid / f per axis
     width: int = 32                           # channels of the convs on the latent grid
     num_res_units: int = 1                    # residual units in the encoder and in the decoder
     head_hidden: int = 64                     # hidden 1×1 layer of the sub-pixel head (0: linear head)
     smooth_skip: bool = True                  # add trilinearly upsampled coarse logits to the sub-pixel head
     linear_path: bool = True                  # + a linear block code E_lin/D_lin, PCA-initialised (sub-pixel design)
+    pca_class_weights: tuple[float, ...] | None = None  # per-class PCA weights; None: rare classes up to 3x
+    linear_lr_scale: float = 0.0              # learning rate of the linear path ÷ learning_rate (0: keep PCA)
     downsample: Literal["unshuffle", "strided"] = "unshuffle"       # space-to-depth | stride-2 convs
     upsample: Literal["pixelshuffle", "transposed"] = "pixelshuffle"  # sub-pixel head | transposed convs
     latent_activation: Literal["none", "tanh"] = "none"              # tanh squashes z (calibration design)
     latent_noise: float = 0.1                 # σ: train on decode(z + σ·std(z)·ε)
-    learning_rate: float = 6e-3               # Adam, cosine-decayed over the step/time budget
+    learning_rate: float = 1e-3               # Adam, cosine-decayed (6e-3 suits linear_path=False)
     batch_size: int = 4                       # label patches per step
     patch_size: tuple[int, int, int] | None = (48, 48, 48)  # training crops; None = whole volumes
-    max_steps: int = 3000                     # step budget (the time budget is an argument)
+    max_steps: int = 3000                     # step budget (0: PCA initialisation only; time budget: argument)
 
     def __post_init__(self) -> None:
-        if self.patch_size is not None:
-            object.__setattr__(self, "patch_size", tuple(self.patch_size))
+        for name in ("patch_size", "pca_class_weights"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        w = self.pca_class_weights
+        _rule("pca_class_weights", w, w is None or (len(w) == self.num_classes and min(w) > 0),
+              f"must be None or num_classes={self.num_classes} positive weights", "Use e.g. (1, 1, 2) or None.")
         f = self.downsample_factor
-        for name in ("num_classes", "latent_channels", "downsample_factor", "width", "batch_size", "max_steps"):
+        for name in ("num_classes", "latent_channels", "downsample_factor", "width", "batch_size"):
             _rule(name, getattr(self, name), getattr(self, name) >= 1, "must be >= 1", "Use e.g. the default.")
         _rule("num_classes", self.num_classes, self.num_classes >= 2, "must be >= 2 (background + 1 class)",
               "Use e.g. 3 for background, kidney, tumour.")
-        for name in ("num_res_units", "head_hidden"):
+        for name in ("num_res_units", "head_hidden", "max_steps"):
             _rule(name, getattr(self, name), getattr(self, name) >= 0, "must be >= 0", "Use 0 to disable it.")
         _rule("latent_noise", self.latent_noise, self.latent_noise >= 0, "must be >= 0", "Use e.g. 0.1.")
-        _rule("learning_rate", self.learning_rate, self.learning_rate > 0, "must be > 0", "Use e.g. 3e-3.")
+        _rule("linear_lr_scale", self.linear_lr_scale, self.linear_lr_scale >= 0, "must be >= 0", "Use 0 (frozen).")
+        _rule("learning_rate", self.learning_rate, self.learning_rate > 0, "must be > 0", "Use e.g. 1e-3.")
         if self.downsample == "strided" or self.upsample == "transposed":
             _rule("downsample_factor", f, f & (f - 1) == 0, "must be a power of 2 with strided/transposed convs",
                   "Use 2, 4 or 8, or downsample='unshuffle' and upsample='pixelshuffle'.")
@@ -280,11 +290,13 @@ class _PatchSampler:
 
 @torch.no_grad()
 def pca_initialise(model: LabelAutoencoder, label_volumes: Sequence[Any], gain: float = 10.0) -> torch.Tensor:
-    """Set the linear path to the best linear block code: PCA of the space-to-depth blocks.
+    """Set the linear path to the best linear block code: (weighted) PCA of the space-to-depth blocks.
 
-    Each f³ block of one-hot labels is a vector x ∈ R^{N·f³}. With μ their mean and V_k the top-k
-    principal directions, E_lin(x) = V_k (x - μ) and D_lin(z) = gain · (V_kᵀ z + μ) (block logits);
-    the nonlinear paths start at zero, so training starts from the PCA reconstruction.
+    Each f³ block of one-hot labels is a vector x ∈ R^{N·f³}; x' = w ⊙ x weights each class (rare
+    classes count more: ``cfg.pca_class_weights``, default w_c = min(3, sqrt(n_max / n_c)) for
+    foreground classes with voxel counts n_c). With μ' the mean of x' and V_k its top-k principal
+    directions, E_lin(x) = V_k (w ⊙ x - μ') and D_lin(z) = gain · (V_kᵀ z + μ') / w (block
+    logits). The nonlinear paths start at zero, so training starts from the PCA reconstruction.
 
     Args:
         model: a ``LabelAutoencoder`` with ``has_linear_path``.
@@ -303,14 +315,18 @@ def pca_initialise(model: LabelAutoencoder, label_volumes: Sequence[Any], gain: 
         y = pad_to_factor(_as_label_tensor(vol, i)[None, None].long().to(device), f)
         x = pixelunshuffle(model.to_onehot(y), 3, f).flatten(2)[0].double()  # (N·f³, cells)
         total, outer, count = total + x.sum(1), outer + x @ x.T, count + x.shape[1]
-    mean = total / count
-    eigval, eigvec = torch.linalg.eigh(outer / count - torch.outer(mean, mean))
+    n_c = total.reshape(model.cfg.num_classes, -1).sum(1)  # voxels per class
+    w_c = torch.tensor(model.cfg.pca_class_weights or [1.0] + [
+        min(3.0, math.sqrt(n_c[1:].max() / n)) if n > 0 else 1.0 for n in n_c[1:].tolist()], dtype=torch.float64)
+    w = w_c.to(device).repeat_interleave(f**3)  # (N·f³,)
+    mean = w * total / count
+    eigval, eigvec = torch.linalg.eigh(torch.outer(w, w) * outer / count - torch.outer(mean, mean))
     order = eigval.argsort(descending=True)[: model.cfg.latent_channels]
-    basis = eigvec[:, order].T.float()  # (k, N·f³)
-    model.lin_in.weight.copy_(basis[..., None, None, None])
-    model.lin_in.bias.copy_(-basis @ mean.float())
-    model.lin_out.weight.copy_(gain * basis.T[..., None, None, None])
-    model.lin_out.bias.copy_(gain * mean.float())
+    basis = eigvec[:, order].T  # (k, N·f³)
+    model.lin_in.weight.copy_((basis * w)[..., None, None, None])
+    model.lin_in.bias.copy_(-basis @ mean)
+    model.lin_out.weight.copy_((gain * basis.T / w[:, None])[..., None, None, None])
+    model.lin_out.bias.copy_(gain * mean / w)
     return (eigval[order] / eigval.clamp_min(0).sum()).float().cpu()
 
 
@@ -349,7 +365,10 @@ def train_label_autoencoder(model: LabelAutoencoder, label_volumes: Sequence[Any
         pca_initialise(model, volumes)
     sampler, device = _PatchSampler(volumes, cfg, seed), next(model.parameters()).device
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    linear = {id(p) for p in (model.lin_in, model.lin_out) for p in p.parameters()} if model.has_linear_path else set()
+    groups = [{"params": [p for p in model.parameters() if id(p) not in linear], "scale": 1.0},
+              {"params": [p for p in model.parameters() if id(p) in linear], "scale": cfg.linear_lr_scale}]
+    opt = torch.optim.Adam([g for g in groups if g["params"] and g["scale"] > 0], lr=cfg.learning_rate)
     torch.manual_seed(seed)
     history: dict[str, Any] = {"step": [], "loss": [], "seconds": []}
     model.train()
@@ -361,12 +380,12 @@ def train_label_autoencoder(model: LabelAutoencoder, label_volumes: Sequence[Any
             break
         lr = cfg.learning_rate * min(1.0, (step + 1) / 20) * 0.5 * (1 + math.cos(math.pi * progress))
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["scale"]
         y = sampler.batch().to(device)
         loss = loss_fn(model(y, noise=cfg.latent_noise), y)
-        opt.zero_grad(set_to_none=True)
+        model.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
         opt.step()
         step += 1
         if step % log_every == 0 or step == 1:

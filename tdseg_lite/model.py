@@ -36,7 +36,7 @@ from monai.networks.utils import pixelunshuffle
 from torch import nn
 
 from tdseg_lite.baselines import PixelDiffusion, UNetSegmenter
-from tdseg_lite.config import ConfigError, build_config, config_from_dict, config_to_dict
+from tdseg_lite.config import ConfigError, build_config, config_from_dict, config_to_dict, resolve_preset
 from tdseg_lite.denoiser import ConditionalDenoiser, DenoiserConfig
 from tdseg_lite.diffusion import DiffusionConfig
 from tdseg_lite.fusion import CrossModalAttention3d, FusionConfig
@@ -45,7 +45,7 @@ from tdseg_lite.label_ae import LabelAEConfig, LabelAutoencoder, train_label_aut
 from tdseg_lite.segmenter import DiffusionSegmenter, Segmenter, TextConditioner, as_plain
 from tdseg_lite.text import TextConfig, TextEmbedding
 
-__all__ = ["AuxHeadView", "ImageSkipDecoder", "ModelConfig", "ModelSpec", "TextDiffSeg", "build_model"]
+__all__ = ["SPEC_PRESETS", "AuxHeadView", "ImageSkipDecoder", "ModelConfig", "ModelSpec", "TextDiffSeg", "build_model"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class ModelConfig:
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"unet_channels": (8, 16, 32, 64), "unet_res_units": 1, "pixel_channels": (8, 16, 16, 16),
-                  "skip_width": 8},
+                  "skip_width": 4},
         "cpu": {},
         "full": {"unet_channels": (32, 64, 128, 256), "skip_width": 32},
     }
@@ -64,8 +64,9 @@ class ModelConfig:
     image_features: bool = True                   # ablation: False = raw image (space-to-depth) instead of E_img
     label_encoder: bool = True                    # ablation: False = pixel-space diffusion on one-hot labels
     aux_head: bool = True                         # supervise E_img through its aux head (aux_* weights)
+    aux_condition: bool = True                    # the denoiser also reads the (detached) aux latent: a refiner
     decoder_image_skip: bool = True               # the label decoder also sees E_img's full-resolution features
-    skip_width: int = 16                          # hidden width of the skip decoder
+    skip_width: int = 8                           # hidden width of the skip decoder
     skip_kernel: int = 1                          # its first conv's kernel (1: per-voxel, 3: 3x3x3)
     unet_channels: tuple[int, ...] = (16, 32, 64, 128)    # UNet baseline widths
     unet_strides: tuple[int, ...] = (2, 2, 2)             # UNet baseline strides
@@ -90,6 +91,16 @@ class ModelConfig:
                               f"{(self.skip_kernel, self.skip_width)}. Use skip_kernel=1, skip_width=16.")
 
 
+#: what the full model changes in its parts' own presets (``"part.field"`` keys, applied before overrides):
+#: on a CPU the image extractor must stay light at full resolution, where every op is memory-bound
+#: (measured: (16, 32, 64, 128) with a residual unit per scale costs 2.8 s fwd+bwd per batch of 4
+#: on one thread, (4, 16, 32, 64) without 0.6 s, against 1.0 s for a whole MONAI UNet step).
+SPEC_PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {},
+    "cpu": {"image_encoder.channels": (4, 16, 32, 64), "image_encoder.num_res_units": 0},
+    "full": {},
+}
+
 _PARTS: dict[str, type] = {"model": ModelConfig, "denoiser": DenoiserConfig, "diffusion": DiffusionConfig,
                            "fusion": FusionConfig, "image_encoder": ImageEncoderConfig, "label_ae": LabelAEConfig,
                            "text": TextConfig}
@@ -111,7 +122,8 @@ class ModelSpec:
     def build(cls, preset: str | None = "smoke", overrides: Mapping[str, Any] | None = None) -> ModelSpec:
         """Defaults -> preset -> overrides; ``"part.field"`` keys go to that part, plain keys to ``ModelConfig``."""
         routed: dict[str, dict[str, Any]] = {name: {} for name in _PARTS}
-        for key, value in (overrides or {}).items():
+        layered = {**SPEC_PRESETS.get(resolve_preset(preset), {}), **(overrides or {})}
+        for key, value in layered.items():
             part, _, field = key.rpartition(".")
             part = part or "model"
             if part not in _PARTS:
@@ -179,7 +191,9 @@ class TextDiffSeg(DiffusionSegmenter):
         else:
             self.image_encoder, c, skip_ch, feature_channels = None, f**3, 1, ()
         self.fusion = CrossModalAttention3d(c, text.dim, spec.fusion) if text is not None else None
-        self.denoiser = ConditionalDenoiser(k, c, text.dim if text is not None else None, spec.denoiser,
+        self.aux_condition = cfg.aux_condition and cfg.aux_head and cfg.image_features
+        self.denoiser = ConditionalDenoiser(k, c + (k if self.aux_condition else 0),
+                                            text.dim if text is not None else None, spec.denoiser,
                                             feature_channels=feature_channels, grid=grid)
         self.skip_decoder = ImageSkipDecoder(cfg.num_classes, skip_ch, cfg.skip_width, cfg.skip_kernel) \
             if cfg.decoder_image_skip else None
@@ -220,9 +234,11 @@ class TextDiffSeg(DiffusionSegmenter):
                 "skip": out.features[0]}
 
     def condition(self, feats: dict[str, Any], emb: TextEmbedding | None) -> dict[str, Any]:
-        """z_fused = CMA(z_i, z_t) (Eq. CMA) plus the tokens/pooled text and the multi-scale features."""
+        """z_fused = CMA(z_i, z_t) (Eq. CMA) [⊕ the detached aux latent], the text, the multi-scale features."""
         fused = feats["latent"] if self.fusion is None or emb is None else self.fusion(feats["latent"], emb.tokens,
                                                                                         emb.mask)
+        if self.aux_condition:
+            fused = torch.cat([fused, feats["aux"].detach()], dim=1)
         return {"cond": fused, "features": feats["features"], "tokens": None if emb is None else emb.tokens,
                 "pooled": None if emb is None else emb.pooled}
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from itertools import pairwise
-
 import pytest
 import torch
 
@@ -15,7 +13,7 @@ from tdseg_lite.image_encoder import (
     ImageFeatures,
     aux_loss,
 )
-from tdseg_lite.label_ae import LabelAEConfig, LabelAutoencoder
+from tdseg_lite.label_ae import LabelAEConfig, LabelAutoencoder, pca_initialise
 
 
 @pytest.fixture
@@ -49,11 +47,13 @@ def test_no_aux_head() -> None:
 
 def test_aux_head_trains_through_frozen_label_decoder(one_thread) -> None:
     torch.manual_seed(0)
-    label_ae = LabelAutoencoder(LabelAEConfig(latent_channels=4, width=8, head_hidden=0)).requires_grad_(False)
-    encoder = ImageEncoder(ImageEncoderConfig(channels=(4, 8, 16, 16), latent_channels=8, aux_latent_channels=4))
     labels = torch.zeros(2, 1, 16, 16, 16, dtype=torch.long)
     labels[:, :, 4:12, 4:12, 4:12] = 1
     labels[:, :, 6:9, 6:9, 6:9] = 2
+    label_ae = LabelAutoencoder(LabelAEConfig(latent_channels=4, width=8, head_hidden=0))
+    pca_initialise(label_ae, labels[:, 0])  # a label decoder that works (its linear code)
+    label_ae.requires_grad_(False)
+    encoder = ImageEncoder(ImageEncoderConfig(channels=(4, 8, 16, 16), latent_channels=8, aux_latent_channels=4))
     image = labels.float() / 2 + 0.05 * torch.randn(2, 1, 16, 16, 16)  # brighter where the labels are
 
     def latent_error() -> float:
@@ -69,8 +69,7 @@ def test_aux_head_trains_through_frozen_label_decoder(one_thread) -> None:
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    # the (untrained) label decoder bounds the DiceCE part; the latent part must fall a lot
-    assert losses[-1] < losses[0] - 0.15 and all(b < a for a, b in pairwise(losses[2:])), losses
+    assert losses[-1] < 0.7 * losses[0], losses
     assert latent_error() < 0.2 * before
     assert all(p.grad is None for p in label_ae.parameters())  # the label autoencoder stays frozen
 

@@ -13,6 +13,7 @@ from tdseg_lite.label_ae import (
     LabelAutoencoder,
     latent_scale_factor,
     load_label_autoencoder,
+    pca_initialise,
     reconstruct,
     reconstruction_dice,
     save_label_autoencoder,
@@ -76,8 +77,8 @@ def one_thread():
 def test_tiny_autoencoder_overfits_one_volume(one_thread) -> None:
     torch.manual_seed(0)
     label = phantom_like_label()
-    cfg = LabelAEConfig(width=16, num_res_units=1, head_hidden=32, patch_size=None, batch_size=1,
-                        learning_rate=1e-2, latent_noise=0.0)
+    cfg = LabelAEConfig(latent_channels=4, linear_path=False, width=16, num_res_units=1, head_hidden=32,
+                        patch_size=None, batch_size=1, learning_rate=1e-2, latent_noise=0.0)  # learnt from scratch
     model = LabelAutoencoder(cfg)
     history = train_label_autoencoder(model, [label], max_steps=100, seed=0)
     dice = reconstruction_dice(model, [label])
@@ -85,6 +86,20 @@ def test_tiny_autoencoder_overfits_one_volume(one_thread) -> None:
     assert dice.min().item() >= 0.99, f"reconstruction Dice {dice.tolist()} after {history['steps']} steps"
     assert history["loss"][-1] < history["loss"][0]
     assert not model.training
+
+
+def test_pca_initialise_is_the_best_linear_block_code() -> None:
+    volumes = [phantom_like_label(seed=s) for s in range(2)]
+    # k = N·f³ keeps every principal direction: the linear code alone reconstructs exactly
+    full = LabelAutoencoder(LabelAEConfig(latent_channels=24, downsample_factor=2, width=8, head_hidden=0))
+    explained = pca_initialise(full, volumes)
+    assert explained.shape == (24,) and explained.sum().item() == pytest.approx(1.0, abs=1e-4)
+    assert torch.all(explained[:-1] >= explained[1:])
+    assert reconstruction_dice(full, volumes).min().item() == 1.0
+    small = LabelAutoencoder(LabelAEConfig(latent_channels=2, width=8, head_hidden=0))
+    assert pca_initialise(small, volumes).sum().item() < 1.0
+    with pytest.raises(UserInputError, match="linear path"):
+        pca_initialise(LabelAutoencoder(LabelAEConfig(linear_path=False, width=8)), volumes)
 
 
 def test_train_respects_time_budget_and_reports() -> None:
@@ -134,6 +149,9 @@ def test_presets_build(preset: str) -> None:
     ({"num_classes": 1}, "num_classes.*>= 2"),
     ({"latent_noise": -0.1}, "latent_noise.*>= 0"),
     ({"width": 0}, "width.*>= 1"),
+    ({"max_steps": -1}, "max_steps.*>= 0"),
+    ({"pca_class_weights": (1.0, 2.0)}, r"pca_class_weights.*num_classes=3 positive weights, got \(1.0, 2.0\)"),
+    ({"linear_lr_scale": -1.0}, "linear_lr_scale.*>= 0"),
 ])
 def test_config_errors(overrides: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
@@ -148,7 +166,7 @@ def test_input_errors(tmp_path) -> None:
         model.encode(torch.zeros(16, 16, 16, dtype=torch.long))
     with pytest.raises(UserInputError, match="1 or num_classes=3 channels, got 2"):
         model.encode(torch.zeros(1, 2, 16, 16, 16))
-    with pytest.raises(UserInputError, match=r"\(B, 8, d, h, w\) latent"):
+    with pytest.raises(UserInputError, match=r"\(B, 32, d, h, w\) latent"):
         model.decode(torch.zeros(1, 4, 4, 4, 4))
     with pytest.raises(UserInputError, match=r"label_volumes\[0\]"):
         train_label_autoencoder(model, [np.zeros((4, 4))], max_steps=1)
