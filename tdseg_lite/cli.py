@@ -5,8 +5,8 @@ Each sub-command lives in the module that owns its stage. That module defines tw
     def add_cli_arguments(parser: argparse.ArgumentParser) -> None: ...
     def cli_main(args: argparse.Namespace) -> int: ...          # exit status
 
-and is listed in ``COMMANDS`` below. Modules are imported only when their command runs (or
-when ``--help`` lists it), so ``tdseg --help`` stays fast. Bad input raises
+and is listed in ``COMMANDS`` below. A module is imported only when its command runs, so
+``tdseg --help`` stays fast; a listed module without the two hooks is not offered yet. Bad input raises
 ``UserInputError``; this entry point prints it as one line and exits with status 2.
 """
 
@@ -16,6 +16,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from tdseg_lite import __version__
 from tdseg_lite.errors import UserInputError
@@ -35,16 +36,24 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _available_commands() -> dict[str, tuple[str, str]]:
-    """The commands whose module exists in this version of the package."""
+    """The commands whose module exists in this version of the package and defines the CLI hooks.
+
+    The check reads the module's source instead of importing it, so listing commands never pays
+    for torch/MONAI imports.
+    """
     out = {}
     for name, (module, helptext) in COMMANDS.items():
-        if importlib.util.find_spec(module) is not None:
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.origin:
+            continue
+        source = Path(spec.origin).read_text(encoding="utf-8")
+        if "def add_cli_arguments(" in source and "def cli_main(" in source:
             out[name] = (module, helptext)
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full ``tdseg`` parser, one sub-parser per available command."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``tdseg`` parser; only ``command``'s module is imported to define its arguments."""
     parser = argparse.ArgumentParser(
         prog="tdseg",
         description="tdseg_lite: text-guided latent diffusion for 3D medical image segmentation.",
@@ -52,9 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tdseg_lite {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, helptext) in _available_commands().items():
-        mod = importlib.import_module(module)
         p = sub.add_parser(name, help=helptext, description=helptext)
-        mod.add_cli_arguments(p)
+        if name == command:
+            importlib.import_module(module).add_cli_arguments(p)
         p.set_defaults(_module=module)
     return parser
 
@@ -62,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tdseg`` console script; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
         parser.print_help()

@@ -17,6 +17,19 @@ def test_every_listed_command_module_has_the_two_entry_points() -> None:
         assert callable(getattr(mod, "cli_main", None)), f"{module} lacks cli_main"
 
 
+def test_help_imports_no_command_module() -> None:
+    code = ("import sys; from tdseg_lite import cli; cli.build_parser(); "
+            "print(sorted(m for m in sys.modules if m.startswith(('tdseg_lite.', 'torch', 'monai'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "torch" not in out and "monai" not in out and "tdseg_lite.phantom" not in out, out
+
+
+def test_module_without_hooks_is_not_offered(monkeypatch) -> None:
+    monkeypatch.setitem(cli.COMMANDS, "cfg", ("tdseg_lite.config", "not a command module"))
+    assert "cfg" not in cli._available_commands()
+    assert "phantom" in cli._available_commands()
+
+
 def test_no_command_prints_help_and_fails(capsys) -> None:
     assert cli.main([]) == 2
     assert "COMMAND" in capsys.readouterr().out
