@@ -123,6 +123,9 @@ def run_model(name: str, args: argparse.Namespace, data: dict[str, Any], encoder
     history = fit(model, data["train_loader"], tcfg, max_seconds=None if args.max_iters else
                   budget - (time.perf_counter() - start), max_steps=args.max_iters, verbose=args.verbose)
     train_seconds = time.perf_counter() - start
+    if args.save:
+        Path(args.save).mkdir(parents=True, exist_ok=True)
+        torch.save({"spec": spec.to_dict(), "state_dict": model.state_dict()}, Path(args.save) / f"{name}.pt")
     kw = {"roi_size": dcfg.patch_size, "spacing": dcfg.spacing, "class_names": CLASSES,
           "max_cases": args.max_val_cases}
     gen = torch.Generator().manual_seed(args.seed)
@@ -132,11 +135,15 @@ def run_model(name: str, args: argparse.Namespace, data: dict[str, Any], encoder
         "final_losses": {k: history[k][-1] for k in history if isinstance(history.get(k), list) and history[k]
                          and k not in ("step", "seconds", "lr", "val")},
         "load_during_training": [load0, os.getloadavg()],
-        "metrics": evaluate(model, data["val_loader"], steps=args.steps, samples=args.samples, generator=gen, **kw),
+        "metrics": evaluate(model, data["val_loader"], steps=args.steps, generator=gen, **kw,
+                            samples=args.pixel_samples if name == "pixel-diffusion" else args.samples),
+        "sampler": {"steps": args.steps or spec.diffusion.inference_steps,
+                    "samples": args.pixel_samples if name == "pixel-diffusion" else
+                    (args.samples or spec.diffusion.samples), "guidance": spec.diffusion.guidance_scale},
         "spec": spec.to_dict()}
     if getattr(model, "predict_aux", None) is not None and spec.model.aux_head and spec.model.image_features:
         result["aux_head"] = evaluate(AuxHeadView(model), data["val_loader"], **kw)
-    if getattr(model, "dcfg", None) is not None and args.steps != 1:
+    if getattr(model, "dcfg", None) is not None and name != "pixel-diffusion":
         result["one_step"] = evaluate(model, data["val_loader"], steps=1, samples=1,
                                       generator=torch.Generator().manual_seed(args.seed), **kw)
     if getattr(model, "ceiling", None) is not None:
@@ -168,7 +175,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"Device: {report['device']}, threads {report['threads']}, load average at start "
              f"{report['load_start']}, at end {report['load_end']}. Budget {report['minutes']} min per model "
              f"(training incl. the AE phase). Data: phantom kidney, {report['n_train']} train / {report['n_val']} val "
-             f"cases, cpu preset. Sampling: DDIM {report['steps']} steps, {report['samples']} sample(s).", "",
+             f"cases, cpu preset. Sampling (diffusion models): {report['sampler']}.", "",
              "| model | iters (AE) | Dice kidney | Dice tumour | HD95 kidney mm | HD95 tumour mm (n undef) | s/case |",
              "|---|---|---|---|---|---|---|"]
 
@@ -205,8 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ae-seconds", type=float, default=90.0, help="TextDiffSeg's label-AE phase (in the budget)")
-    parser.add_argument("--steps", type=int, default=10, help="DDIM steps at evaluation")
-    parser.add_argument("--samples", type=int, default=1, help="samples per window at evaluation")
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps at evaluation (default: the config's)")
+    parser.add_argument("--samples", type=int, default=None, help="samples per window (default: the config's)")
+    parser.add_argument("--pixel-samples", type=int, default=1, help="samples for pixel-diffusion (64x the cost)")
     parser.add_argument("--max-val-cases", type=int, default=None)
     parser.add_argument("--set", action="append", default=[], help="part.field=value (JSON), e.g. diffusion.eta=0.5")
     parser.add_argument("--data", default="")
@@ -216,19 +224,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-cases", action="store_true", help="keep per-case metrics in the JSON")
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--device", default="cpu", help="cpu (the protocol) | auto | cuda")
+    parser.add_argument("--save", default="", help="folder for {spec, state_dict} of each trained model")
     parser.add_argument("--max-iters", type=int, default=None, help="iteration budget instead of wall clock")
     parser.add_argument("--ae-iters", type=int, default=None, help="AE iteration budget (with --max-iters)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     report: dict[str, Any] = {"date": dt.datetime.now().isoformat(timespec="seconds"), "minutes": args.minutes,
                               "threads": args.threads, "device": f"cpu ({platform.processor() or platform.machine()})",
-                              "load_start": [round(v, 2) for v in os.getloadavg()], "steps": args.steps,
-                              "samples": args.samples, "seed": args.seed, "sets": args.set, "versions": versions(),
+                              "load_start": [round(v, 2) for v in os.getloadavg()], "seed": args.seed, "sets": args.set, "versions": versions(),
                               "command": " ".join(sys.argv)}
     data = load_data(args)
     report.update(n_train=data["n_train"], n_val=data["n_val"])
     encoder = TextEncoder(ModelSpec.build(args.preset).text, cache_dir=Path(args.artifacts) / "text_cache")
     report["runs"] = [run_model(name.strip(), args, data, encoder) for name in args.models.split(",")]
+    report["sampler"] = "; ".join(f"{r['model']}: DDIM {r['sampler']['steps']} steps x {r['sampler']['samples']} "
+                                  f"sample(s), w={r['sampler']['guidance']}" for r in report["runs"] if "sampler" in r
+                                  and r["model"] != "unet") or "n/a"
     if not args.no_cost:
         report["denoiser_cost"] = denoiser_cost(args.preset)
     report["load_end"] = [round(v, 2) for v in os.getloadavg()]

@@ -7,7 +7,7 @@ conv at full resolution -- 3D convs with few channels are slow on CPUs -- then s
 units, MONAI ``ResidualUnit``):
 
     x (B, 1, D, H, W) ─ conv ─ F_0 (1) ─ down ─ F_1 (1/2) ─ … ─ F_s (1/f) ─ down ─ F_{s+1} (1/2f)
-                                                                 └──── concat(F_s, up(F_{s+1})) ─ z_i (B, c, D/f, H/f, W/f)
+                                                    z_i (B, c, D/f, H/f, W/f) = unit(concat(F_s, up(F_{s+1})))
 
 ``ImageFeatures`` holds ``latent`` (z_i), ``features`` (F_0 … F_{s+1}, fine to coarse, for a
 multi-scale denoiser or a full-resolution skip) and ``aux_latent`` (B, k, D/f, H/f, W/f): an
@@ -52,7 +52,7 @@ class ImageEncoderConfig:
     downsample_factor: int = 4                           # f (a power of 2): must match the label autoencoder
     channels: tuple[int, ...] = (16, 32, 64, 128)        # widths at 1, 1/2, …, 1/f, 1/2f: log2(f) + 2 values
     latent_channels: int = 32                            # c: channels of z_i
-    aux_latent_channels: int = 8                         # k of the label latent predicted by the aux head (0: none)
+    aux_latent_channels: int = 32                        # k of the label latent (= LabelAEConfig's; 0: none)
     num_res_units: int = 1                               # extra residual units per scale
     norm: Literal["instance", "batch", "group"] = "instance"  # normalisation in every unit
 
@@ -106,7 +106,8 @@ class ImageEncoder(nn.Module):
         ch, extra = cfg.channels, cfg.num_res_units
 
         def stage(cin: int, cout: int, stride: int) -> nn.Sequential:
-            return nn.Sequential(_unit(cin, cout, cfg.norm, stride), *[_unit(cout, cout, cfg.norm) for _ in range(extra)])
+            units = [_unit(cout, cout, cfg.norm) for _ in range(extra)]
+            return nn.Sequential(_unit(cin, cout, cfg.norm, stride), *units)
 
         norm: Any = ("group", {"num_groups": min(8, ch[0])}) if cfg.norm == "group" else cfg.norm
         stem = Convolution(3, cfg.in_channels, ch[0], act="SWISH", norm=norm)  # one conv at full resolution

@@ -18,8 +18,8 @@ noise of the forward process z^(t) = sqrt(ᾱ_t) z^(0) + sqrt(1-ᾱ_t) ε (paper
 * ``pca_initialise`` sets E_lin/D_lin to the best linear block code (class-weighted PCA) and the
   nonlinear paths start at zero: training starts from a good autoencoder and refines it.
 
-``downsample="strided"``, ``upsample="transposed"``, ``latent_activation="tanh"`` give the
-conventional design instead. Pre-training decodes z + σ·std(z)·ε (robust to the denoiser's error).
+Pre-training decodes z + σ·std(z)·ε (robust to the denoiser's error). The conventional design
+(stride-2 convs, transposed convs, tanh latent) lives in the benchmark, for comparison.
 
 Explained in notebooks/02_label_latent_space.ipynb
 """
@@ -32,9 +32,8 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -74,12 +73,9 @@ class LabelAEConfig:
     num_res_units: int = 1                    # residual units in the encoder and in the decoder
     head_hidden: int = 64                     # hidden 1×1 layer of the sub-pixel head (0: linear head)
     smooth_skip: bool = True                  # add trilinearly upsampled coarse logits to the sub-pixel head
-    linear_path: bool = True                  # + a linear block code E_lin/D_lin, PCA-initialised (sub-pixel design)
+    linear_path: bool = True                  # + a linear block code E_lin/D_lin, initialised by PCA
     pca_class_weights: tuple[float, ...] | None = None  # per-class PCA weights; None: rare classes up to 3x
     linear_lr_scale: float = 0.0              # learning rate of the linear path ÷ learning_rate (0: keep PCA)
-    downsample: Literal["unshuffle", "strided"] = "unshuffle"       # space-to-depth | stride-2 convs
-    upsample: Literal["pixelshuffle", "transposed"] = "pixelshuffle"  # sub-pixel head | transposed convs
-    latent_activation: Literal["none", "tanh"] = "none"              # tanh squashes z (calibration design)
     latent_noise: float = 0.1                 # σ: train on decode(z + σ·std(z)·ε)
     learning_rate: float = 1e-3               # Adam, cosine-decayed (6e-3 suits linear_path=False)
     batch_size: int = 4                       # label patches per step
@@ -103,9 +99,6 @@ class LabelAEConfig:
         _rule("latent_noise", self.latent_noise, self.latent_noise >= 0, "must be >= 0", "Use e.g. 0.1.")
         _rule("linear_lr_scale", self.linear_lr_scale, self.linear_lr_scale >= 0, "must be >= 0", "Use 0 (frozen).")
         _rule("learning_rate", self.learning_rate, self.learning_rate > 0, "must be > 0", "Use e.g. 1e-3.")
-        if self.downsample == "strided" or self.upsample == "transposed":
-            _rule("downsample_factor", f, f & (f - 1) == 0, "must be a power of 2 with strided/transposed convs",
-                  "Use 2, 4 or 8, or downsample='unshuffle' and upsample='pixelshuffle'.")
         if self.patch_size is not None:
             ok = len(self.patch_size) == 3 and all(p > 0 and p % f == 0 for p in self.patch_size)
             _rule("patch_size", self.patch_size, ok, f"must be 3 positive sizes divisible by downsample_factor={f}",
@@ -160,30 +153,20 @@ class LabelAutoencoder(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or LabelAEConfig()
         n, k, f, w = cfg.num_classes, cfg.latent_channels, cfg.downsample_factor, cfg.width
-        stages = round(math.log2(f)) if f & (f - 1) == 0 else 0
-        if cfg.downsample == "unshuffle":
-            down = [_conv(n * f**3, w, kernel=1)]
-        else:  # stride-2 convs, the width halving towards full resolution
-            widths = [max(w >> (stages - i), min(w, 8)) for i in range(stages + 1)]
-            down = [_conv(n, widths[0])] + [_conv(a, b, strides=2) for a, b in pairwise(widths)]
-        self.encoder = nn.Sequential(*down, _res_units(w, cfg.num_res_units), _conv(w, k, kernel=1, act=False))
+        self.encoder = nn.Sequential(_conv(n * f**3, w, kernel=1), _res_units(w, cfg.num_res_units),
+                                     _conv(w, k, kernel=1, act=False))
         self.decoder = nn.Sequential(_conv(k, w), _res_units(w, cfg.num_res_units))
-        if cfg.upsample == "pixelshuffle":
-            self.head = SubpixelHead(w, n, f, cfg.head_hidden, cfg.smooth_skip)
-            if cfg.linear_path and cfg.downsample == "unshuffle":  # nonlinear paths start at 0: see pca_initialise
-                self.lin_in, self.lin_out = nn.Conv3d(n * f**3, k, 1), nn.Conv3d(k, n * f**3, 1)
-                for conv in (self.encoder[-1], self.head.body[-1], self.head.coarse):
-                    for param in conv.parameters() if conv is not None else ():
-                        nn.init.zeros_(param)
-        else:
-            widths = [max(w >> i, min(w, 8)) for i in range(stages + 1)]
-            ups = [_conv(a, b, strides=2, is_transposed=True, output_padding=1) for a, b in pairwise(widths)]
-            self.head = nn.Sequential(*ups, _conv(widths[-1], n, kernel=1, act=False))
+        self.head = SubpixelHead(w, n, f, cfg.head_hidden, cfg.smooth_skip)
+        if cfg.linear_path:  # E_lin, D_lin; the nonlinear paths start at 0 (see pca_initialise)
+            self.lin_in, self.lin_out = nn.Conv3d(n * f**3, k, 1), nn.Conv3d(k, n * f**3, 1)
+            for conv in (self.encoder[-1], self.head.body[-1], self.head.coarse):
+                for param in conv.parameters() if conv is not None else ():
+                    nn.init.zeros_(param)
         self.register_buffer("scale_factor", torch.tensor(1.0))
 
     @property
     def has_linear_path(self) -> bool:
-        """True when E = E_lin + E_nonlin and D = D_lin + D_nonlin (``cfg.linear_path``, sub-pixel design)."""
+        """True when E = E_lin + E_nonlin and D = D_lin + D_nonlin (``cfg.linear_path``)."""
         return hasattr(self, "lin_in")
 
     @property
@@ -219,11 +202,8 @@ class LabelAutoencoder(nn.Module):
             raise UserInputError(f"`labels` spatial size must be divisible by downsample_factor={f}, got "
                                  f"{tuple(x.shape[2:])}. Pad it (label_ae.pad_to_factor or monai DivisiblePad(k={f})) "
                                  "or use label_ae.reconstruct(), which pads for you.")
-        if self.cfg.downsample == "unshuffle":
-            x = pixelunshuffle(x, 3, f)
+        x = pixelunshuffle(x, 3, f)  # (B, N·f³, D/f, H/f, W/f) lossless space-to-depth
         z = self.encoder(x) + self.lin_in(x) if self.has_linear_path else self.encoder(x)
-        if self.cfg.latent_activation == "tanh":
-            z = torch.tanh(z)
         return z * self.scale_factor
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -307,14 +287,14 @@ def pca_initialise(model: LabelAutoencoder, label_volumes: Sequence[Any], gain: 
         (k,) share of the block variance that each kept component explains.
     """
     if not model.has_linear_path:
-        raise UserInputError("`model` must have a linear path (LabelAEConfig.linear_path=True with the "
-                             "unshuffle/pixelshuffle design), got one without. Build it with linear_path=True.")
+        raise UserInputError("`model` must have a linear path (LabelAEConfig.linear_path=True), got one without. "
+                             "Build it with linear_path=True.")
     device, f = model.lin_in.weight.device, model.factor
     total, outer, count = 0.0, 0.0, 0
     for i, vol in enumerate(label_volumes):
         y = pad_to_factor(_as_label_tensor(vol, i)[None, None].long().to(device), f)
-        x = pixelunshuffle(model.to_onehot(y), 3, f).flatten(2)[0].double()  # (N·f³, cells)
-        total, outer, count = total + x.sum(1), outer + x @ x.T, count + x.shape[1]
+        x = pixelunshuffle(model.to_onehot(y), 3, f).flatten(2)[0]  # (N·f³, cells) of 0/1: float32 sums are exact
+        total, outer, count = total + x.sum(1).double(), outer + (x @ x.T).double(), count + x.shape[1]
     n_c = total.reshape(model.cfg.num_classes, -1).sum(1)  # voxels per class
     w_c = torch.tensor(model.cfg.pca_class_weights or [1.0] + [
         min(3.0, math.sqrt(n_c[1:].max() / n)) if n > 0 else 1.0 for n in n_c[1:].tolist()], dtype=torch.float64)
@@ -330,31 +310,34 @@ def pca_initialise(model: LabelAutoencoder, label_volumes: Sequence[Any], gain: 
     return (eigval[order] / eigval.clamp_min(0).sum()).float().cpu()
 
 
+def _optimizer(model: LabelAutoencoder, cfg: LabelAEConfig) -> torch.optim.Adam:
+    """Adam; the linear path gets ``learning_rate · linear_lr_scale`` (left out when 0: frozen)."""
+    linear = {id(p) for m in (model.lin_in, model.lin_out) for p in m.parameters()} if model.has_linear_path else set()
+    groups = [{"params": [p for p in model.parameters() if id(p) not in linear], "scale": 1.0},
+              {"params": [p for p in model.parameters() if id(p) in linear], "scale": cfg.linear_lr_scale}]
+    return torch.optim.Adam([g for g in groups if g["params"] and g["scale"] > 0], lr=cfg.learning_rate)
+
+
 def train_label_autoencoder(model: LabelAutoencoder, label_volumes: Sequence[Any], cfg: LabelAEConfig | None = None,
                             *, max_seconds: float | None = None, max_steps: int | None = None, seed: int = 0,
                             log_every: int = 25, val_volumes: Sequence[Any] = (), pca_init: bool = True
                             ) -> dict[str, Any]:
     """Pre-train the label autoencoder alone: DiceCE(decode(z + σ·std(z)·ε), y), then set the scale.
 
-    A model with a linear path first gets ``pca_initialise`` (unless ``pca_init=False``, e.g. to
-    continue training). Adam with a short warm-up and a cosine decay over whichever budget (steps or seconds) runs out
-    first; gradients clipped at 1. Finally ``latent_scale_factor`` is computed on ``label_volumes``
-    and, if ``val_volumes`` are given, their mean reconstruction Dice per class (MONAI ``DiceMetric``).
+    ``pca_initialise`` first (if the model has a linear path and ``pca_init``; pass False to continue
+    training). Adam, 20-step warm-up, cosine decay over whichever budget (steps, seconds) runs out
+    first, gradients clipped at 1. Then ``latent_scale_factor`` on ``label_volumes``.
 
     Args:
         model: the autoencoder (trained in place, left in eval mode).
         label_volumes: class-index volumes (D, H, W) or (1, D, H, W), numpy or torch.
-        cfg: training settings; default ``model.cfg``.
+        cfg: training settings (default ``model.cfg``); ``max_steps`` defaults to ``cfg.max_steps``.
         max_seconds: wall-clock budget (``None``: steps only).
-        max_steps: step budget; default ``cfg.max_steps``.
-        seed: seeds the patch sampler and the latent noise.
-        log_every: steps between entries of the returned history.
-        val_volumes: held-out label volumes scored at the end.
-        pca_init: start the linear path from PCA of the training blocks.
+        seed: seeds the patch sampler and the latent noise; ``log_every``: steps between history entries.
+        val_volumes: held-out volumes; their mean reconstruction Dice per class goes to ``"val_dice"``.
 
     Returns:
-        ``{"step": [...], "loss": [...], "seconds": [...], "steps": n, "train_seconds": t,
-        "scale_factor": s, "val_dice": [per foreground class] (with val_volumes)}``.
+        ``{"step", "loss", "seconds"}`` lists and ``steps``, ``train_seconds``, ``scale_factor``[, ``val_dice``].
     """
     cfg = cfg or model.cfg
     volumes = [_as_label_tensor(v, i) for i, v in enumerate(label_volumes)]
@@ -365,10 +348,7 @@ def train_label_autoencoder(model: LabelAutoencoder, label_volumes: Sequence[Any
         pca_initialise(model, volumes)
     sampler, device = _PatchSampler(volumes, cfg, seed), next(model.parameters()).device
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    linear = {id(p) for p in (model.lin_in, model.lin_out) for p in p.parameters()} if model.has_linear_path else set()
-    groups = [{"params": [p for p in model.parameters() if id(p) not in linear], "scale": 1.0},
-              {"params": [p for p in model.parameters() if id(p) in linear], "scale": cfg.linear_lr_scale}]
-    opt = torch.optim.Adam([g for g in groups if g["params"] and g["scale"] > 0], lr=cfg.learning_rate)
+    opt = _optimizer(model, cfg)
     torch.manual_seed(seed)
     history: dict[str, Any] = {"step": [], "loss": [], "seconds": []}
     model.train()

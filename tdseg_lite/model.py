@@ -65,6 +65,7 @@ class ModelConfig:
     label_encoder: bool = True                    # ablation: False = pixel-space diffusion on one-hot labels
     aux_head: bool = True                         # supervise E_img through its aux head (aux_* weights)
     aux_condition: bool = True                    # the denoiser also reads the (detached) aux latent: a refiner
+    aux_residual: bool = True                     # x0-prediction as aux + correction (needs aux_condition, "sample")
     decoder_image_skip: bool = True               # the label decoder also sees E_img's full-resolution features
     skip_width: int = 8                           # hidden width of the skip decoder
     skip_kernel: int = 1                          # its first conv's kernel (1: per-voxel, 3: 3x3x3)
@@ -192,6 +193,7 @@ class TextDiffSeg(DiffusionSegmenter):
             self.image_encoder, c, skip_ch, feature_channels = None, f**3, 1, ()
         self.fusion = CrossModalAttention3d(c, text.dim, spec.fusion) if text is not None else None
         self.aux_condition = cfg.aux_condition and cfg.aux_head and cfg.image_features
+        self.aux_residual = self.aux_condition and cfg.aux_residual and spec.diffusion.prediction_type == "sample"
         self.denoiser = ConditionalDenoiser(k, c + (k if self.aux_condition else 0),
                                             text.dim if text is not None else None, spec.denoiser,
                                             feature_channels=feature_channels, grid=grid)
@@ -237,15 +239,18 @@ class TextDiffSeg(DiffusionSegmenter):
         """z_fused = CMA(z_i, z_t) (Eq. CMA) [⊕ the detached aux latent], the text, the multi-scale features."""
         fused = feats["latent"] if self.fusion is None or emb is None else self.fusion(feats["latent"], emb.tokens,
                                                                                         emb.mask)
-        if self.aux_condition:
-            fused = torch.cat([fused, feats["aux"].detach()], dim=1)
-        return {"cond": fused, "features": feats["features"], "tokens": None if emb is None else emb.tokens,
+        aux = feats["aux"].detach() if self.aux_condition else None
+        if aux is not None:
+            fused = torch.cat([fused, aux], dim=1)
+        return {"cond": fused, "aux": aux if self.aux_residual else None, "features": feats["features"], "tokens": None if emb is None else emb.tokens,
                 "pooled": None if emb is None else emb.pooled}
 
     def denoise(self, z_t: torch.Tensor, t: torch.Tensor, cond: dict[str, Any],
                 x0_prev: torch.Tensor | None = None) -> torch.Tensor:
-        return self.denoiser(z_t, t, cond["cond"], tokens=cond["tokens"], pooled=cond["pooled"],
-                             features=cond["features"], self_cond=x0_prev)
+        """f_θ(z^(t), t | cond); with ``aux_residual`` ẑ0 = ẑ_aux + f_θ (the output layer starts at 0, so ẑ0 = ẑ_aux)."""
+        out = self.denoiser(z_t, t, cond["cond"], tokens=cond["tokens"], pooled=cond["pooled"],
+                            features=cond["features"], self_cond=x0_prev)
+        return out if cond.get("aux") is None else out + cond["aux"]
 
     def latent_shape(self, image: torch.Tensor) -> tuple[int, ...]:
         return (image.shape[0], self.k, *(s // self.factor for s in image.shape[2:]))

@@ -100,4 +100,5 @@ def test_input_errors() -> None:
         encoder(torch.randn(16, 16, 16))
     out = encoder(torch.randn(1, 1, 16, 16, 16))
     with pytest.raises(UserInputError, match="same k and downsample_factor"):
-        aux_loss(out, torch.zeros(1, 1, 16, 16, 16, dtype=torch.long), LabelAutoencoder(LabelAEConfig(latent_channels=8)))
+        other_k = LabelAutoencoder(LabelAEConfig(latent_channels=8))
+        aux_loss(out, torch.zeros(1, 1, 16, 16, 16, dtype=torch.long), other_k)

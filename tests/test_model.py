@@ -129,6 +129,13 @@ def test_seeded_sampling_is_deterministic() -> None:
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_residual_refiner_starts_as_the_aux_head() -> None:
+    model = make(**{"diffusion.text_dropout": 0.0}).eval()  # MONAI zero-initialises the denoiser's output layer
+    image = fixed_batch()["image"]
+    one_step = model.predict(image, steps=1, samples=1, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(one_step, AuxHeadView(model).predict(image))
+
+
 def test_aux_head_view_and_ceiling() -> None:
     model = make().eval()
     batch = fixed_batch()
