@@ -198,7 +198,7 @@ def markdown(report: dict[str, Any]) -> str:
                          "| – | – | – |")
     cost = report.get("denoiser_cost")
     if cost:
-        lines += ["", f"Per-step denoiser cost (forward, batch 1, median): latent {cost['latent_s']:.3f} s "
+        lines += ["", f"Per-step denoiser cost (forward, batch {cost['batch']}, median): latent {cost['latent_s']:.3f} s "
                       f"({cost['latent_grid']}), pixel {cost['pixel_s']:.3f} s ({cost['pixel_grid']}): "
                       f"**{cost['ratio']:.0f}x** (goal >= 30x)."]
     return "\n".join(lines) + "\n"
