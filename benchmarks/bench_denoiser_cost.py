@@ -6,9 +6,10 @@ map. Both are ``tdseg_lite.denoiser.ConditionalDenoiser`` (MONAI ``DiffusionMode
 exactly as ``build_model`` builds them for the ``textdiffseg`` and ``pixel-diffusion`` models,
 with attention only where the grid has <= 8³ voxels. Forward pass, batch 2, median of repeats.
 
-    .venv/bin/python benchmarks/bench_denoiser_cost.py [--preset cpu] [--threads 2]
+    .venv/bin/python benchmarks/bench_denoiser_cost.py [--preset cpu] [--threads 2] [--batches 1,2,4,8]
 
-Prints JSON; ``bench_quality.py`` calls ``denoiser_cost`` and reports the ratio (goal >= 30x).
+Writes results/denoiser_cost.json/.md (one row per batch size: at inference the denoiser sees
+sliding-window batch x samples, x2 with guidance); ``bench_quality.py`` calls ``denoiser_cost`` and reports the ratio (goal >= 30x).
 """
 
 from __future__ import annotations
@@ -16,8 +17,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import platform
 import statistics
+import subprocess
 import time
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -74,10 +80,34 @@ def main() -> int:
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--batches", default="1,2,4,8", help="denoiser batch sizes (inference: windows x samples)")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "denoiser_cost"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(json.dumps(denoiser_cost(args.preset, repeats=args.repeats), indent=2))
+    rows = [denoiser_cost(args.preset, batch=int(b), repeats=args.repeats) for b in args.batches.split(",")]
+    report = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "preset": args.preset,
+              "device": f"cpu ({platform.machine()}), {args.threads} threads", "load_average": os.getloadavg(),
+              "commit": _commit(), "rows": rows}
+    lines = [f"Per-step denoiser cost, latent vs pixel space ({report['device']}, {report['date']}, commit "
+             f"{report['commit']}; forward pass, median of {args.repeats})", "",
+             "| batch | latent s ({}) | pixel s ({}) | ratio pixel / latent |".format(rows[0]["latent_grid"],
+                                                                                rows[0]["pixel_grid"]),
+             "|---|---|---|---|"]
+    lines += [f"| {r['batch']} | {r['latent_s']:.4f} | {r['pixel_s']:.3f} | **{r['ratio']:.0f}x** |" for r in rows]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
     return 0
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, check=False).stdout.strip() or "?"
+    except OSError:
+        return "?"
 
 
 if __name__ == "__main__":

@@ -34,17 +34,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_denoiser_cost import denoiser_cost  # noqa: E402
+from bench_denoiser_cost import denoiser_cost
 
-from tdseg_lite.config import build_config  # noqa: E402
-from tdseg_lite.data import (DataConfig, default_dataset, ensure_splits, load_datalist, make_datasets,  # noqa: E402
-                             make_loaders, val_transforms)
-from tdseg_lite.inference import evaluate, per_class_metrics  # noqa: E402
-from tdseg_lite.model import AuxHeadView, ModelSpec, build_model  # noqa: E402
-from tdseg_lite.prompts import dataset_prompts  # noqa: E402
-from tdseg_lite.text import TextEncoder  # noqa: E402
-from tdseg_lite.train import TrainConfig, fit  # noqa: E402
-from tdseg_lite.utils import atomic_write_text, pick_device, seed_everything, versions  # noqa: E402
+from tdseg_lite.config import build_config, parse_set_arguments
+from tdseg_lite.data import (
+    DataConfig,
+    default_dataset,
+    ensure_splits,
+    load_datalist,
+    make_datasets,
+    make_loaders,
+    val_transforms,
+)
+from tdseg_lite.inference import evaluate, per_class_metrics
+from tdseg_lite.model import AuxHeadView, ModelSpec, build_model
+from tdseg_lite.prompts import dataset_prompts
+from tdseg_lite.text import TextEncoder
+from tdseg_lite.train import TrainConfig, fit
+from tdseg_lite.utils import atomic_write_text, pick_device, seed_everything, versions
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quality"
 CLASSES = ("kidney", "tumor")
@@ -52,14 +59,7 @@ CLASSES = ("kidney", "tumor")
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
     """``["diffusion.eta=0.5", "model.aux_head=false"]`` -> typed overrides (JSON values, else strings)."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, _, raw = item.partition("=")
-        try:
-            out[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key.strip()] = raw
-    return out
+    return parse_set_arguments(items)
 
 
 def load_data(args: argparse.Namespace) -> dict[str, Any]:
@@ -164,18 +164,19 @@ def summary_line(r: dict[str, Any]) -> str:
     if "one_step" in r:
         parts.append("1-step " + " / ".join(f"{r['one_step']['dice'][c]:.3f}" for c in CLASSES))
     if "ceiling" in r:
-        parts.append("ceiling " + " / ".join(f"{r['ceiling']['ae'][c]:.3f}" for c in CLASSES) + " (skip " +
-                     " / ".join(f"{r['ceiling']['ae_skip'][c]:.3f}" for c in CLASSES) + ")")
+        plain = " / ".join(f"{r['ceiling']['ae'][c]:.3f}" for c in CLASSES)
+        skip = " / ".join(f"{r['ceiling']['ae_skip'][c]:.3f}" for c in CLASSES)
+        parts.append(f"ceiling {plain} (skip {skip})")
     return ", ".join(parts)
 
 
 def markdown(report: dict[str, Any]) -> str:
     """The results table of ``report``."""
-    lines = [f"# Segmentation quality at equal wall clock ({report['date']})", "",
-             f"Device: {report['device']}, threads {report['threads']}, load average at start "
-             f"{report['load_start']}, at end {report['load_end']}. Budget {report['minutes']} min per model "
-             f"(training incl. the AE phase). Data: phantom kidney, {report['n_train']} train / {report['n_val']} val "
-             f"cases, cpu preset. Sampling (diffusion models): {report['sampler']}.", "",
+    header = (f"Device: {report['device']}, threads {report['threads']}, load average at start "
+              f"{report['load_start']}, at end {report['load_end']}. Budget {report['minutes']} min per model "
+              f"(training incl. the AE phase). Data: phantom kidney, {report['n_train']} train / {report['n_val']} "
+              f"val cases, cpu preset. Sampling (diffusion models): {report['sampler']}.")
+    lines = [f"# Segmentation quality at equal wall clock ({report['date']})", "", header, "",
              "| model | iters (AE) | Dice kidney | Dice tumour | HD95 kidney mm | HD95 tumour mm (n undef) | s/case |",
              "|---|---|---|---|---|---|---|"]
 
@@ -198,9 +199,9 @@ def markdown(report: dict[str, Any]) -> str:
                          "| – | – | – |")
     cost = report.get("denoiser_cost")
     if cost:
-        lines += ["", f"Per-step denoiser cost (forward, batch {cost['batch']}, median): latent {cost['latent_s']:.3f} s "
-                      f"({cost['latent_grid']}), pixel {cost['pixel_s']:.3f} s ({cost['pixel_grid']}): "
-                      f"**{cost['ratio']:.0f}x** (goal >= 30x)."]
+        lines += ["", (f"Per-step denoiser cost (forward, batch {cost['batch']}, median): latent "
+                       f"{cost['latent_s']:.3f} s ({cost['latent_grid']}), pixel {cost['pixel_s']:.3f} s "
+                       f"({cost['pixel_grid']}): **{cost['ratio']:.0f}x** (goal >= 30x).")]
     return "\n".join(lines) + "\n"
 
 
@@ -235,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                               "command": " ".join(sys.argv)}
     data = load_data(args)
     report.update(n_train=data["n_train"], n_val=data["n_val"])
-    encoder = TextEncoder(ModelSpec.build(args.preset).text, cache_dir=Path(args.artifacts) / "text_cache")
+    spec_sets = {k: v for k, v in parse_sets(args.set).items() if not k.startswith("train.")}
+    encoder = TextEncoder(ModelSpec.build(args.preset, spec_sets).text, cache_dir=Path(args.artifacts) / "text_cache")
     report["runs"] = [run_model(name.strip(), args, data, encoder) for name in args.models.split(",")]
     report["sampler"] = "; ".join(f"{r['model']}: DDIM {r['sampler']['steps']} steps x {r['sampler']['samples']} "
                                   f"sample(s), w={r['sampler']['guidance']}" for r in report["runs"] if "sampler" in r

@@ -4,8 +4,9 @@
     python benchmarks/bench_step.py --patch 96 --batch 2 --amp bf16  # GPU, the full preset's patch
     python benchmarks/bench_step.py --models unet,textdiffseg --out benchmarks/results/step_gpu.json
 
-For each model it times ``model.loss(batch)`` + backward + AdamW (median of ``--steps`` after
-warm-up), reads the peak GPU memory, and times ``model.predict`` on one patch (DDIM steps as in
+For each model it times one optimiser step of the real engine (``Trainer.train_step``: loss,
+backward, clipping, AdamW, with AMP as asked; median of ``--steps`` after warm-up), reads the peak
+memory (``tdseg_lite.profiling``), and times ``model.predict`` on one patch (DDIM steps as in
 the preset, one sample). Data are random tensors of the right shapes: this measures compute, not
 the data pipeline. The text encoder is the offline all-MiniLM-L6-v2 when installed, else a tiny
 random BERT (the prompt embedding is cached either way, so it does not enter the step cost).
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
 import time
 from contextlib import nullcontext
@@ -54,46 +54,21 @@ def text_encoder(cache: Path, tiny: bool = False):
     return TextEncoder(cfg, cache_dir=cache / "text_cache")
 
 
-def make_batch(batch: int, patch: int, num_classes: int, device: torch.device) -> dict:
-    gen = torch.Generator().manual_seed(0)
-    label = torch.zeros(batch, 1, patch, patch, patch, dtype=torch.long)
-    c = patch // 2
-    label[:, :, c - patch // 4:c + patch // 4, c - patch // 6:c + patch // 6, c - patch // 4:c + patch // 4] = 1
-    label[:, :, c - 3:c + 3, c - 3:c + 3, c - 3:c + 3] = num_classes - 1
-    image = (0.3 + 0.4 * label.float() / (num_classes - 1) + 0.05 * torch.randn(label.shape, generator=gen)).clamp(0, 1)
-    return {"image": image.to(device), "label": label.to(device),
-            "description": ["A 2 cm tumour in the upper pole of the left kidney; the right kidney is normal."] * batch}
-
-
 def time_model(name: str, args: argparse.Namespace, device: torch.device, cache: Path) -> dict:
     from tdseg_lite.model import ModelSpec, build_model
-    from tdseg_lite.train import TrainConfig, make_optimizer
+    from tdseg_lite.profiling import measure_training, synthetic_batch
+    from tdseg_lite.train import TrainConfig
 
     spec = ModelSpec.build(args.preset, {"model": name})
     model = build_model(spec, text_encoder=text_encoder(cache, args.tiny_text) if name != "unet" else None,
                         patch_size=(args.patch,) * 3).to(device)
-    opt = make_optimizer(model, TrainConfig())
-    batch = make_batch(args.batch, args.patch, spec.model.num_classes, device)
-    amp = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp == "bf16" else nullcontext()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for i in range(args.warmup + args.steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        with amp:
-            loss = model.loss(batch)["loss"]
-        loss.backward()
-        opt.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+    batch = synthetic_batch(args.batch, args.patch, spec.model.num_classes, device)
+    amp = {"none": "off", "bf16": "bf16", "fp16": "fp16"}[args.amp]
+    row = measure_training(model, batch, TrainConfig(device=str(device), amp=amp, compile=args.compile),
+                           steps=args.steps, warmup=args.warmup)
     model.eval()
-    with torch.no_grad(), amp:
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if args.amp == "bf16" else nullcontext()
+    with torch.no_grad(), ctx:
         image = batch["image"][:1]
         model.predict(image, batch["description"][:1], samples=1)  # warm-up
         if device.type == "cuda":
@@ -104,9 +79,8 @@ def time_model(name: str, args: argparse.Namespace, device: torch.device, cache:
             torch.cuda.synchronize()
         infer = time.perf_counter() - t0
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"model": name, "step_s": statistics.median(times), "it_per_s": 1 / statistics.median(times),
-            "peak_gpu_gib": peak, "predict_patch_s": infer, "trainable_params_m": params / 1e6,
-            "final_loss": float(loss.detach())}
+    return {"model": name, **row, "peak_gpu_gib": row["peak_memory_gib"] if device.type == "cuda" else None,
+            "predict_patch_s": infer, "trainable_params_m": params / 1e6}
 
 
 def main() -> int:
@@ -115,7 +89,8 @@ def main() -> int:
     ap.add_argument("--preset", default="cpu", help="model preset (sizes of the networks)")
     ap.add_argument("--patch", type=int, default=64)
     ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--amp", choices=["none", "bf16"], default="none")
+    ap.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the loss computation")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--tiny-text", action="store_true", help="use a random tiny BERT even if MiniLM is installed")

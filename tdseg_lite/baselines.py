@@ -21,7 +21,12 @@ from monai.networks.utils import one_hot
 
 from tdseg_lite.denoiser import ConditionalDenoiser, DenoiserConfig
 from tdseg_lite.diffusion import DiffusionConfig
-from tdseg_lite.segmenter import DiffusionSegmenter, Segmenter, TextConditioner, as_plain
+from tdseg_lite.segmenter import (
+    DiffusionSegmenter,
+    Segmenter,
+    TextConditioner,
+    as_plain,
+)
 from tdseg_lite.text import TextEmbedding
 
 __all__ = ["PixelDiffusion", "UNetSegmenter"]

@@ -44,6 +44,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_config_json",
+    "parse_set_arguments",
     "resolve_preset",
     "save_config_json",
 ]
@@ -192,3 +193,22 @@ def load_config_json(cls: type[C], path: str | os.PathLike[str]) -> C:
     data = json.loads(Path(path).read_text())
     data.pop("__class__", None)
     return config_from_dict(cls, data)
+
+
+def parse_set_arguments(items: list[str] | tuple[str, ...], arg: str = "--set") -> dict[str, Any]:
+    """``["train.learning_rate=3e-4", "model.text_fusion=false", "data.patch_size=[32,32,32]"]`` -> a dict.
+
+    Values are read as JSON (numbers, true/false, lists, "strings"); anything else stays a string.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = str(item).partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"`{arg}` must look like part.field=value, got {item!r}. "
+                              "Write e.g. --set train.learning_rate=3e-4.")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = {"True": True, "False": False}.get(raw.strip(), raw)
+        out[key.strip()] = value
+    return out

@@ -292,7 +292,8 @@ def make_inverter(transform: mt.Compose, keys: str | tuple[str, ...] = "pred", o
     """``Invertd`` that maps ``keys`` back to the original grid, replaying ``orig_key``'s operations.
 
     Use the very ``transform`` instance that produced the data, on one un-batched item (apply
-    ``monai.data.decollate_batch`` first). A prediction ``(K, X, Y, Z)`` on the processed grid
+    ``monai.data.decollate_batch`` first). The prediction must be a ``MetaTensor`` (e.g.
+    ``MetaTensor(pred, affine=image.affine)``): ``Invertd`` skips plain tensors with only a warning. A prediction ``(K, X, Y, Z)`` on the processed grid
     becomes ``(K, X0, Y0, Z0)`` with the original affine.
 
     Args:

@@ -193,7 +193,7 @@ class ConditionalDenoiser(nn.Module):
     def _build_projections(self, feature_channels: list[int]) -> None:
         """One zero-init 1×1×1 conv per skip connection whose scale has an image feature."""
         scales = self.unet.skip_shapes((64, 64, 64))  # any grid: only the relative scale matters here
-        self.skip_scale = [int(round(math.log2(64 / g[0]))) for _, g in scales]
+        self.skip_scale = [round(math.log2(64 / g[0])) for _, g in scales]
         for ch, scale in zip((c for c, _ in scales), self.skip_scale):
             if scale < len(feature_channels):
                 conv = nn.Conv3d(feature_channels[scale], ch, kernel_size=1)

@@ -20,7 +20,7 @@ import torch
 from tdseg_lite.errors import UserInputError
 from tdseg_lite.segmenter import as_plain
 
-__all__ = ["evaluate", "per_class_metrics", "sliding_window_predict"]
+__all__ = ["evaluate", "nanmean", "per_class_metrics", "sliding_window_predict"]
 
 
 @torch.no_grad()
@@ -93,7 +93,8 @@ def per_class_metrics(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
     return {"dice": dice.tolist(), "hd95": hd.tolist()}
 
 
-def _nanmean(values: Iterable[float]) -> float:
+def nanmean(values: Iterable[float]) -> float:
+    """Mean of the non-NaN values (NaN when there are none)."""
     vals = [v for v in values if not math.isnan(v)]
     return sum(vals) / len(vals) if vals else math.nan
 
@@ -126,8 +127,8 @@ def evaluate(model: Any, loader: Iterable[Mapping[str, Any]], *, roi_size: Seque
                       "dice": dict(zip(names, m["dice"])), "hd95": dict(zip(names, m["hd95"])), "seconds": seconds})
     if not cases:
         raise UserInputError("`loader` must yield at least one case, got none. Check the validation split.")
-    dice = {n: _nanmean(c["dice"][n] for c in cases) for n in names}
-    return {"cases": cases, "dice": dice, "hd95": {n: _nanmean(c["hd95"][n] for c in cases) for n in names},
+    dice = {n: nanmean(c["dice"][n] for c in cases) for n in names}
+    return {"cases": cases, "dice": dice, "hd95": {n: nanmean(c["hd95"][n] for c in cases) for n in names},
             "hd95_undefined": {n: sum(not math.isnan(c["dice"][n]) and math.isnan(c["hd95"][n]) for c in cases)
                                for n in names},
-            "mean_dice": _nanmean(dice.values()), "seconds_per_case": sum(c["seconds"] for c in cases) / len(cases)}
+            "mean_dice": nanmean(dice.values()), "seconds_per_case": sum(c["seconds"] for c in cases) / len(cases)}

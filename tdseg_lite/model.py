@@ -36,13 +36,24 @@ from monai.networks.utils import pixelunshuffle
 from torch import nn
 
 from tdseg_lite.baselines import PixelDiffusion, UNetSegmenter
-from tdseg_lite.config import ConfigError, build_config, config_from_dict, config_to_dict, resolve_preset
+from tdseg_lite.config import (
+    ConfigError,
+    build_config,
+    config_from_dict,
+    config_to_dict,
+    resolve_preset,
+)
 from tdseg_lite.denoiser import ConditionalDenoiser, DenoiserConfig
 from tdseg_lite.diffusion import DiffusionConfig
 from tdseg_lite.fusion import CrossModalAttention3d, FusionConfig
 from tdseg_lite.image_encoder import ImageEncoder, ImageEncoderConfig
 from tdseg_lite.label_ae import LabelAEConfig, LabelAutoencoder, train_label_autoencoder
-from tdseg_lite.segmenter import DiffusionSegmenter, Segmenter, TextConditioner, as_plain
+from tdseg_lite.segmenter import (
+    DiffusionSegmenter,
+    Segmenter,
+    TextConditioner,
+    as_plain,
+)
 from tdseg_lite.text import TextConfig, TextEmbedding
 
 __all__ = ["SPEC_PRESETS", "AuxHeadView", "ImageSkipDecoder", "ModelConfig", "ModelSpec", "TextDiffSeg", "build_model"]

@@ -29,8 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tdseg_lite.diffusion import (DiffusionConfig, classifier_free_guidance, ddim_sample, denoising_target,
-                                  ensemble_statistics, make_scheduler, predicted_x0, sample_timesteps)
+from tdseg_lite.diffusion import (
+    DiffusionConfig,
+    classifier_free_guidance,
+    ddim_sample,
+    denoising_target,
+    ensemble_statistics,
+    make_scheduler,
+    predicted_x0,
+    sample_timesteps,
+)
 from tdseg_lite.errors import UserInputError
 from tdseg_lite.prompts import case_prompt
 from tdseg_lite.text import TextEmbedding
@@ -113,7 +121,7 @@ class TextConditioner:
         keep = torch.rand(len(emb), generator=generator) >= p
         null = self.null(len(emb), emb.tokens.device)
         k = keep.to(emb.tokens.device)
-        pick = lambda a, b: torch.where(k.view(-1, *([1] * (a.ndim - 1))), a, b)  # noqa: E731
+        pick = lambda a, b: torch.where(k.view(-1, *([1] * (a.ndim - 1))), a, b)
         return TextEmbedding(*(pick(getattr(emb, f), getattr(null, f)) for f in TextEmbedding.FIELDS))
 
 

@@ -21,8 +21,10 @@ __all__ = [
     "artifacts_dir",
     "atomic_write_bytes",
     "atomic_write_text",
+    "default_file_mode",
     "environment_report",
     "is_colab",
+    "jsonable",
     "pick_device",
     "seed_everything",
     "show_source",
@@ -116,6 +118,13 @@ def artifacts_dir(stage: str | None = None, root: str | os.PathLike[str] | None 
     return path
 
 
+def default_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give a new file (0o666 minus the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -124,6 +133,7 @@ def _atomic_write(path: Path, write: Callable[[Any], None], mode: str) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, default_file_mode())  # mkstemp creates 0600 files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -140,12 +150,12 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     _atomic_write(Path(path), lambda h: h.write(data), "wb")
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Convert tensors, numpy scalars/arrays, paths and tuples into JSON-friendly values."""
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
     if hasattr(value, "tolist"):  # numpy arrays/scalars, torch tensors
@@ -157,7 +167,7 @@ def _jsonable(value: Any) -> Any:
 
 def write_summary(stage: str, summary: Mapping[str, Any], root: str | os.PathLike[str] | None = None) -> Path:
     """Write ``ARTIFACTS/<stage>/summary.json`` (atomically) with versions added; return its path."""
-    payload = {"stage": stage, "versions": versions(), **_jsonable(summary)}
+    payload = {"stage": stage, "versions": versions(), **jsonable(summary)}
     path = artifacts_dir(stage, root) / "summary.json"
     atomic_write_text(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
     return path

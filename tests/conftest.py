@@ -67,3 +67,26 @@ def msd_dataset(tmp_path: Path) -> Callable[..., Path]:
         return write_msd_dataset(tmp_path / name, n_cases=n_cases, **kwargs)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_unet_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A real ``tdseg train`` run (UNet baseline, 2 steps, smoke preset) on a 5-case synthetic dataset.
+
+    Returns:
+        ``(run folder, dataset folder)``; shared by the evaluate and predict tests (~30 s once per session).
+    """
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("tiny_unet_run")
+    data = write_msd_dataset(root / "ds", n_cases=5)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TDSEG_ARTIFACTS": str(root / "artifacts"), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "tdseg_lite.cli", "train", "--data", str(data), "--out", str(root / "run"),
+           "--preset", "smoke", "--device", "cpu", "--quiet", "--model", "unet", "--set", "train.max_steps=2",
+           "--set", "train.ae_steps=5", "--set", "train.val_max_cases=1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return root / "run", data

@@ -6,8 +6,15 @@ import pytest
 import torch
 
 from tdseg_lite.config import ConfigError
-from tdseg_lite.diffusion import (DiffusionConfig, classifier_free_guidance, ddim_sample, denoising_target,
-                                  ensemble_statistics, make_scheduler, predicted_x0)
+from tdseg_lite.diffusion import (
+    DiffusionConfig,
+    classifier_free_guidance,
+    ddim_sample,
+    denoising_target,
+    ensemble_statistics,
+    make_scheduler,
+    predicted_x0,
+)
 from tdseg_lite.errors import UserInputError
 
 PREDICTIONS = ("epsilon", "sample", "v_prediction")
@@ -77,7 +84,7 @@ def test_start_from_a_latent_runs_only_the_late_steps() -> None:
 
 def test_seeded_sampling_with_eta_is_deterministic() -> None:
     sched = make_scheduler(DiffusionConfig(prediction_type="sample"), "ddim")
-    fn = lambda z, t, _p: 0.5 * z  # noqa: E731 - any deterministic denoiser
+    fn = lambda z, t, _p: 0.5 * z
     runs = [ddim_sample(fn, torch.randn(1, 2, 4, 4, 4, generator=torch.Generator().manual_seed(3)), sched, 4, eta=1.0,
                         generator=torch.Generator().manual_seed(7)) for _ in range(2)]
     torch.testing.assert_close(runs[0], runs[1], rtol=0, atol=0)

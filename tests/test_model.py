@@ -14,7 +14,13 @@ import torch
 from tdseg_lite.config import ConfigError
 from tdseg_lite.errors import UserInputError
 from tdseg_lite.label_ae import LabelAEConfig, LabelAutoencoder
-from tdseg_lite.model import AuxHeadView, ModelConfig, ModelSpec, TextDiffSeg, build_model
+from tdseg_lite.model import (
+    AuxHeadView,
+    ModelConfig,
+    ModelSpec,
+    TextDiffSeg,
+    build_model,
+)
 from tdseg_lite.segmenter import TextConditioner
 from tdseg_lite.text import TextEmbedding
 

@@ -6,13 +6,12 @@ import math
 
 import pytest
 import torch
+from test_model import fixed_batch, make, one_thread  # noqa: F401 - tests/ is on sys.path; fixture
 
 from tdseg_lite.config import ConfigError
 from tdseg_lite.errors import UserInputError
 from tdseg_lite.inference import evaluate, per_class_metrics, sliding_window_predict
-from tdseg_lite.train import TrainConfig, fit, learning_rate_at, make_optimizer, training_step
-
-from test_model import fixed_batch, make, one_thread  # noqa: E402,F401 - tests/ is on sys.path; fixture
+from tdseg_lite.train import Trainer, TrainConfig, fit, learning_rate_at
 
 
 def test_fit_respects_the_step_budget_and_logs() -> None:
@@ -31,11 +30,11 @@ def test_fit_respects_the_time_budget() -> None:
 
 def test_training_step_skips_frozen_parameters() -> None:
     model = make()
-    opt = make_optimizer(model, TrainConfig())
+    trainer = Trainer(model, TrainConfig(device="cpu"))
     frozen = {id(p) for p in model.label_ae.parameters()}
-    assert not any(id(p) in frozen for g in opt.param_groups for p in g["params"])
+    assert not any(id(p) in frozen for g in trainer.optimizer.param_groups for p in g["params"])
     before = [p.clone() for p in model.label_ae.parameters()]
-    out = training_step(model, fixed_batch(), opt)
+    out = trainer.train_step(iter([fixed_batch()]))
     assert math.isfinite(out["loss"])
     assert all(torch.equal(a, b) for a, b in zip(before, model.label_ae.parameters()))
 
