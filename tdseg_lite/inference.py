@@ -84,10 +84,14 @@ def per_class_metrics(pred: torch.Tensor, label: torch.Tensor, num_classes: int,
     idx = pred.argmax(dim=1, keepdim=True) if pred.shape[1] > 1 else pred.long()
     p, y = one_hot(idx, num_classes, dim=1), one_hot(as_plain(label).long(), num_classes, dim=1)
     dice = DiceMetric(include_background=False, reduction="none", ignore_empty=True)(p, y)[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        hd = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")(
-            p, y, spacing=list(spacing) if spacing is not None else None)[0]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hd = HausdorffDistanceMetric(include_background=False, percentile=95, reduction="none")(
+                p, y, spacing=list(spacing) if spacing is not None else None)[0]
+    except ModuleNotFoundError as err:  # MONAI's distance transform needs scipy (or cupy)
+        warnings.warn(f"HD95 skipped ({err}); install scipy (pip install scipy) to compute it.", stacklevel=2)
+        hd = torch.full((num_classes - 1,), math.nan)
     absent = (p[0, 1:].flatten(1).sum(1) == 0) | (y[0, 1:].flatten(1).sum(1) == 0)
     hd = torch.where(absent | ~torch.isfinite(hd), torch.full_like(hd, math.nan), hd)
     return {"dice": dice.tolist(), "hd95": hd.tolist()}
