@@ -22,8 +22,8 @@ python -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Pat
 TDSEG_ARTIFACTS=/tmp/tdseg_quality MINUTES="${MINUTES:-6}" OUT="$OUT/quality" \
   bash benchmarks/quality_parallel.sh --set text.model=/tmp/tiny_bert >"$OUT/quality_log.txt" 2>&1 &
 qpid=$!
-TDSEG_ARTIFACTS=/tmp/tdseg_gpu OUT="$OUT/gpu" taskset -c "$(( $(nproc) - 2 )),$(( $(nproc) - 1 ))" \
-  bash benchmarks/gpu_check.sh >"$OUT/gpu_log.txt" 2>&1 || echo "gpu_check failed"
+pin=(); command -v taskset >/dev/null && pin=(taskset -c "$(( $(nproc) - 2 )),$(( $(nproc) - 1 ))")
+TDSEG_ARTIFACTS=/tmp/tdseg_gpu OUT="$OUT/gpu" "${pin[@]}" bash benchmarks/gpu_check.sh >"$OUT/gpu_log.txt" 2>&1 || echo "gpu_check failed"
 wait "$qpid" || echo "quality_parallel failed"
 tail -n 30 "$OUT/gpu_log.txt"
 cat "$OUT/quality/summary.md" 2>/dev/null || tail -n 20 "$OUT/quality_log.txt"

@@ -32,7 +32,8 @@ for cfg in "${CONFIGS[@]}"; do
   IFS='|' read -r name model sets <<<"$cfg"
   first=$(( (2 * i) % (cores - cores % 2) ))   # wraps around (overcommits) on machines with < 14 cores
   # shellcheck disable=SC2086
-  taskset -c "$first,$((first + 1))" "$PY" benchmarks/bench_quality.py --minutes "$MINUTES" --models "$model" \
+  pin=(); command -v taskset >/dev/null && pin=(taskset -c "$first,$((first + 1))")
+  "${pin[@]}" "$PY" benchmarks/bench_quality.py --minutes "$MINUTES" --models "$model" \
     --threads 2 --data "$ART/data/phantom_kidney" --artifacts "$ART/a_$name" --out "$OUT/q_$name" --no-cost \
     $sets "$@" >"$OUT/log_$name.txt" 2>&1 &
   pids+=($!)
