@@ -25,7 +25,7 @@ import json, torch, monai
 print(json.dumps({"torch": torch.__version__, "monai": monai.__version__, "cuda": torch.version.cuda,
                   "gpu": torch.cuda.get_device_name(0), "bf16": torch.cuda.is_bf16_supported()}))
 EOF
-for amp in none bf16; do
+for amp in ${AMPS:-none bf16}; do
   python benchmarks/bench_step.py --tiny-text --models unet,textdiffseg,pixel-diffusion --patch 64 --batch 4 \
     --steps 10 --amp "$amp" --out "$OUT/step_cpu-preset_p64_${amp}.json" | tail -5
   python benchmarks/bench_step.py --tiny-text --preset full --models unet,textdiffseg --patch 96 --batch 4 \
@@ -35,9 +35,9 @@ python -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Pat
 RUN=/tmp/gpu_run
 rm -rf "$RUN"
 start=$(date +%s)
-python -m tdseg_lite.cli train --out "$RUN" --preset full --quiet --max-minutes 2 --set text.model=/tmp/tiny_bert \
+python -m tdseg_lite.cli train --out "$RUN" --preset full --quiet --max-minutes "${TRAIN_MIN:-2}" --set text.model=/tmp/tiny_bert \
   --set train.val_every=200 --set train.val_max_cases=2 --set train.ae_steps=1000 2>&1 | tail -5
-python -m tdseg_lite.cli train --out "$RUN" --resume --quiet --max-minutes 2.5 2>&1 | tail -3
+python -m tdseg_lite.cli train --out "$RUN" --resume --quiet --max-minutes "${RESUME_MIN:-2.5}" 2>&1 | tail -3
 echo "train+resume wall: $(( $(date +%s) - start )) s"
 cp "$RUN"/log.csv "$RUN"/val.csv "$RUN"/config.json "$RUN"/loss_curve.png "$OUT"/ 2>/dev/null || true
 python - "$RUN" <<'EOF' | tee "$OUT/train_summary.json"

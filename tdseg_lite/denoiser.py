@@ -46,7 +46,8 @@ class DenoiserConfig:
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"channels": (8, 16, 16), "num_head_channels": 8},
         "cpu": {},
-        "full": {"channels": (64, 128, 128), "num_res_blocks": 2, "norm_num_groups": 16, "num_head_channels": 32},
+        "full": {"channels": (64, 128, 128), "num_res_blocks": 2, "norm_num_groups": 16, "num_head_channels": 32,
+                 "max_attention_tokens": 4096},  # a 96³ patch gives a 24³ latent: attention on 12³ (GPU),
     }
     channels: tuple[int, ...] = (16, 32, 64)                   # width per level (each level halves the grid)
     attention_levels: tuple[bool, ...] = (False, True, True)   # (cross-)attention per level; the middle block always has it
