@@ -48,7 +48,7 @@ class TrainConfig:
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"max_steps": 20, "log_every": 5, "val_every": 10, "ae_steps": 60, "val_max_cases": 1},
-        "cpu": {"max_steps": 3000, "val_every": 500, "ae_steps": 1500},
+        "cpu": {"max_steps": 3000, "val_every": 500, "ae_steps": 800},
         "full": {"max_steps": 20000, "val_every": 1000, "ae_steps": 5000},
     }
     learning_rate: float = 1e-3            # peak AdamW learning rate

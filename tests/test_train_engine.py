@@ -261,3 +261,25 @@ def test_endless_batches_resume_mid_epoch() -> None:
     first = [next(stream).tolist() for _ in range(7)]
     resumed = endless_batches(loader, sampler, consumed=4)
     assert [next(resumed).tolist() for _ in range(3)] == first[4:]
+
+
+def test_a_dataset_failing_validate_is_refused_before_training(dataset: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset, broken)
+    (broken / "labelsTr" / "case_001.nii.gz").unlink()  # a listed label file is missing
+    assert main(["train", "--data", str(broken), "--out", str(tmp_path / "r"), "--preset", "smoke", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "case_001.nii.gz" in err and err.startswith("tdseg train: error:")
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_compiled_training_step_matches_eager() -> None:
+    cfg = dict(device="cpu", warmup_steps=0, schedule="constant")
+    eager, compiled = Trainer(Quadratic(), TrainConfig(**cfg)), Trainer(Quadratic(), TrainConfig(**cfg, compile=True))
+    for i in range(2):
+        a, b = eager.train_step(iter([batch(i)])), compiled.train_step(iter([batch(i)]))
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+    torch.testing.assert_close(eager.model.w, compiled.model.w)
+    assert compiled.net is not compiled.ddp and type(compiled.net).__name__ == "OptimizedModule"
