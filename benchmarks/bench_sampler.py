@@ -1,0 +1,76 @@
+"""Re-score a model trained by ``bench_quality.py --save DIR`` with other sampler settings (no retraining).
+
+    .venv/bin/python benchmarks/bench_sampler.py --model /tmp/bq/models/textdiffseg.pt --grid 2x4,5x4,10x4
+
+Same protocol as ``bench_quality.py`` (cpu preset data, whole validation volumes, sliding windows,
+``inference.evaluate``); only the DDIM steps × samples change. Writes ``results/quality_sampler.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_cli import commit
+from bench_quality import CLASSES, load_data
+
+from tdseg_lite.inference import evaluate
+from tdseg_lite.model import ModelSpec, build_model
+from tdseg_lite.prompts import dataset_prompts
+from tdseg_lite.text import TextEncoder
+
+RESULTS = Path(__file__).resolve().parent / "results" / "quality_sampler"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--grid", default="2x4,5x4,10x4", help="DDIM steps x samples settings")
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--artifacts", default="/tmp/bq/art")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    saved = torch.load(args.model, map_location="cpu", weights_only=True)
+    spec = ModelSpec.from_dict(saved["spec"])
+    model = build_model(spec, text_encoder=TextEncoder(spec.text, cache_dir=Path(args.artifacts) / "text_cache"),
+                        phrases=dataset_prompts("phantom_kidney").phrases, patch_size=(64, 64, 64))
+    model.load_state_dict(saved["state_dict"])
+    data = load_data(argparse.Namespace(preset=args.preset, data="", artifacts=args.artifacts))
+    dcfg, rows = data["cfg"], []
+    for item in args.grid.split(","):
+        steps, samples = (int(v) for v in item.split("x"))
+        r = evaluate(model, data["val_loader"], roi_size=dcfg.patch_size, spacing=dcfg.spacing, class_names=CLASSES,
+                     steps=steps, samples=samples, generator=torch.Generator().manual_seed(args.seed))
+        rows.append({"steps": steps, "samples": samples, "dice": r["dice"], "hd95": r["hd95"],
+                     "hd95_undefined": r["hd95_undefined"], "seconds_per_case": r["seconds_per_case"]})
+        print(json.dumps(rows[-1]), flush=True)
+    report = {"date": dt.datetime.now().isoformat(timespec="seconds"), "commit": commit(), "model": args.model,
+              "device": f"cpu ({platform.machine()}), {args.threads} threads", "n_val": data["n_val"], "rows": rows}
+    lines = [f"# One trained TextDiffSeg, several samplers ({report['date']}, commit {report['commit']}, "
+             f"{report['device']}, {data['n_val']} whole validation volumes)", "",
+             "| DDIM steps × samples | Dice kidney | Dice tumour | HD95 kidney mm | HD95 tumour mm (n undef) | s / case |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['steps']} × {r['samples']} | {r['dice']['kidney']:.3f} | {r['dice']['tumor']:.3f} | "
+                     f"{r['hd95']['kidney']:.1f} | {r['hd95']['tumor']:.1f} ({r['hd95_undefined']['tumor']}) | "
+                     f"{r['seconds_per_case']:.2f} |")
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
