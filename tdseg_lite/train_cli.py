@@ -41,7 +41,7 @@ from tdseg_lite.config import (
 from tdseg_lite.errors import UserInputError
 from tdseg_lite.utils import atomic_write_text
 
-__all__ = ["RunLog", "add_cli_arguments", "cli_main", "plan_run"]
+__all__ = ["RunLog", "add_cli_arguments", "cli_main", "plan_from_dict", "plan_run", "plan_to_dict"]
 
 PARTS = ("data", "train", "model", "denoiser", "diffusion", "fusion", "image_encoder", "label_ae", "text")
 #: what may change on --resume without breaking the run (the budget and the logging cadence)
@@ -98,12 +98,13 @@ def plan_run(preset: str, model: str | None, sets: Mapping[str, Any], num_classe
             "train": build_config(TrainConfig, preset, routed["train"]), "spec": ModelSpec.build(preset, spec_sets)}
 
 
-def _plan_to_dict(plan: Mapping[str, Any]) -> dict[str, Any]:
+def plan_to_dict(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON-ready form of a ``plan_run`` plan (what config.json and checkpoints store under ``"plan"``)."""
     return {"preset": plan["preset"], "data": config_to_dict(plan["data"]), "train": config_to_dict(plan["train"]),
             "spec": plan["spec"].to_dict()}
 
 
-def _plan_from_dict(d: Mapping[str, Any], sets: Mapping[str, Any]) -> dict[str, Any]:
+def plan_from_dict(d: Mapping[str, Any], sets: Mapping[str, Any]) -> dict[str, Any]:
     """The saved plan ``d`` with ``sets`` applied; on resume only the ``RESUMABLE`` fields may change
     (repeating the original command's other ``--set`` values is fine)."""
     from tdseg_lite.config import config_from_dict
@@ -122,7 +123,7 @@ def _plan_from_dict(d: Mapping[str, Any], sets: Mapping[str, Any]) -> dict[str, 
             _route({key: value})  # raises the unknown-part error with a suggestion
     plan = {"preset": d["preset"], "data": config_from_dict(DataConfig, merged["data"]),
             "train": config_from_dict(TrainConfig, merged["train"]), "spec": ModelSpec.from_dict(merged["spec"])}
-    new, old = _plan_to_dict(plan), _plan_to_dict({"preset": d["preset"],
+    new, old = plan_to_dict(plan), plan_to_dict({"preset": d["preset"],
                                                    "data": config_from_dict(DataConfig, d["data"]),
                                                    "train": config_from_dict(TrainConfig, d["train"]),
                                                    "spec": ModelSpec.from_dict(d["spec"])})
@@ -164,7 +165,9 @@ class RunLog:
 
 def plot_curves(log: RunLog, val: RunLog, path: Path, title: str) -> None:
     """Loss terms (log scale) and validation mean Dice against the step, saved atomically as PNG."""
-    from matplotlib.figure import Figure  # no pyplot: works headless and leaves a notebook's backend alone
+    from matplotlib.figure import (
+        Figure,  # no pyplot: works headless and leaves a notebook's backend alone
+    )
 
     fig = Figure(figsize=(7, 3.8))
     ax = fig.subplots()

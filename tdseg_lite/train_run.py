@@ -35,9 +35,9 @@ from tdseg_lite.distributed import (
 from tdseg_lite.train import Trainer
 from tdseg_lite.train_cli import (
     RunLog,
-    _plan_from_dict,
-    _plan_to_dict,
+    plan_from_dict,
     plan_run,
+    plan_to_dict,
     plot_curves,
 )
 from tdseg_lite.utils import atomic_write_text, seed_everything, versions
@@ -165,10 +165,30 @@ def load_trained(run: str | Path, which: str = "best", device: str | torch.devic
     if which == "best" and not path.is_file():
         path = folder / "last.pt"
     state = load_checkpoint(path)
-    plan = _plan_from_dict(state["config"]["plan"], {})
+    plan = plan_from_dict(state["config"]["plan"], {})
     model = _build(plan, {"phrases": state["config"].get("phrases", ["kidney", "kidney tumor"])})
     model.load_state_dict(state["model"])
     return model.to(device).eval(), plan, state
+
+
+def _pretrain_phase(net: torch.nn.Module, data: Mapping[str, Any], plan: Mapping[str, Any], info: DistInfo) -> float:
+    """TextDiffSeg's label-AE phase (``train.ae_steps``) on rank 0, then broadcast; returns its seconds."""
+    tcfg = plan["train"]
+    if not hasattr(net, "label_ae") or not tcfg.ae_steps:
+        return 0.0
+    start = time.perf_counter()
+    if info.is_main:
+        hist = net.pretrain(_label_volumes(data, plan), max_steps=tcfg.ae_steps, seed=tcfg.seed)
+        print(f"label AE: {hist.get('steps', 0)} steps in {hist.get('train_seconds', 0):.0f} s", file=sys.stderr)
+    broadcast_module(net, info)
+    return time.perf_counter() - start
+
+
+def _report(history: Mapping[str, Any], best: Mapping[str, Any], out: Path) -> None:
+    last = history["val"][-1] if history["val"] else {}
+    print(f"trained {history['steps']} steps in {history['train_seconds']:.0f} s; val mean Dice "
+          f"{last.get('mean_dice', float('nan')):.3f}; best {best['value']:.3f} at step {best['step']}; "
+          f"run folder {out}", file=sys.stderr)
 
 
 def train_run(out: Path, *, data_dir: str = "", preset: str = "smoke", model: str | None = None,
@@ -180,7 +200,7 @@ def train_run(out: Path, *, data_dir: str = "", preset: str = "smoke", model: st
     sets = dict(sets or {})
     state = load_checkpoint(out / "checkpoints" / "last.pt") if resume else None
     if state is not None:
-        plan = _plan_from_dict(state["config"]["plan"], sets)
+        plan = plan_from_dict(state["config"]["plan"], sets)
         data_dir = data_dir or state["config"].get("data_dir", "")
         max_minutes = max_minutes or state["config"].get("max_minutes")
     else:
@@ -195,22 +215,13 @@ def train_run(out: Path, *, data_dir: str = "", preset: str = "smoke", model: st
         seed_everything(tcfg.seed)
         data = _prepare_data(plan, data_dir, out, info)
         net = _build(plan, data)
-        config = {"plan": _plan_to_dict(plan), "data_dir": str(data["root"]) if data_dir else "",
+        config = {"plan": plan_to_dict(plan), "data_dir": str(data["root"]) if data_dir else "",
                   "labels": {str(k): v for k, v in data["labels"].items()}, "phrases": data["phrases"],
                   "max_minutes": max_minutes, "world_size": info.world, "command": " ".join(sys.argv),
                   "versions": versions()}
         if info.is_main:
             atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
-        if state is None and hasattr(net, "label_ae") and tcfg.ae_steps:
-            start = time.perf_counter()
-            if info.is_main:
-                hist = net.pretrain(_label_volumes(data, plan), max_steps=tcfg.ae_steps, seed=tcfg.seed)
-                print(f"label AE: {hist.get('steps', 0)} steps in {hist.get('train_seconds', 0):.0f} s",
-                      file=sys.stderr)
-            broadcast_module(net, info)
-            ae_seconds = time.perf_counter() - start
-        else:
-            ae_seconds = 0.0
+        ae_seconds = _pretrain_phase(net, data, plan, info) if state is None else 0.0
         trainer = Trainer(net, tcfg, info=info, max_seconds=max_minutes * 60 if max_minutes else None)
         saver = _Saver(out, config, info, state.get("best") if state else None)
         if state is not None:
@@ -239,10 +250,7 @@ def train_run(out: Path, *, data_dir: str = "", preset: str = "smoke", model: st
         bar.close()
         if info.is_main:
             plot_curves(log, val, out / "loss_curve.png", title)
-            last_val = history["val"][-1] if history["val"] else {}
-            print(f"trained {history['steps']} steps in {history['train_seconds']:.0f} s; val mean Dice "
-                  f"{last_val.get('mean_dice', float('nan')):.3f}; best {saver.best['value']:.3f} at step "
-                  f"{saver.best['step']}; run folder {out}", file=sys.stderr)
+            _report(history, saver.best, out)
         return 0
     finally:
         cleanup(info)

@@ -151,15 +151,15 @@ def test_existing_run_needs_resume_and_resume_keeps_the_model(tmp_path: Path, ca
 
 
 def test_resume_refuses_changes_other_than_the_budget() -> None:
-    from tdseg_lite.train_cli import _plan_from_dict, _plan_to_dict, plan_run
+    from tdseg_lite.train_cli import plan_from_dict, plan_to_dict, plan_run
 
-    saved = _plan_to_dict(plan_run("smoke", "unet", {}))
-    assert _plan_from_dict(saved, {"train.max_steps": 50})["train"].max_steps == 50
-    assert _plan_from_dict(saved, {"train.learning_rate": 1e-3})["train"].learning_rate == 1e-3  # unchanged: fine
+    saved = plan_to_dict(plan_run("smoke", "unet", {}))
+    assert plan_from_dict(saved, {"train.max_steps": 50})["train"].max_steps == 50
+    assert plan_from_dict(saved, {"train.learning_rate": 1e-3})["train"].learning_rate == 1e-3  # unchanged: fine
     with pytest.raises(ConfigError, match="did you mean train"):
-        _plan_from_dict(saved, {"trian.max_steps": 5})
+        plan_from_dict(saved, {"trian.max_steps": 5})
     with pytest.raises(ConfigError, match="cannot change on --resume"):
-        _plan_from_dict(saved, {"train.learning_rate": 0.1})
+        plan_from_dict(saved, {"train.learning_rate": 0.1})
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
