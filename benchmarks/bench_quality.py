@@ -78,6 +78,16 @@ def load_data(args: argparse.Namespace) -> dict[str, Any]:
             "label_volumes": volumes, "val_cases": val_cases, "n_train": len(train_ds), "n_val": len(val_ds)}
 
 
+def load_saved_model(path: str | Path, artifacts: str | Path) -> Any:
+    """A model written by ``--save`` (``{spec, state_dict}``), rebuilt with the offline text encoder, in eval mode."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    spec = ModelSpec.from_dict(saved["spec"])
+    model = build_model(spec, text_encoder=TextEncoder(spec.text, cache_dir=Path(artifacts) / "text_cache"),
+                        phrases=dataset_prompts("phantom_kidney").phrases, patch_size=(64, 64, 64))
+    model.load_state_dict(saved["state_dict"])
+    return model.eval()
+
+
 def _pad(x: torch.Tensor, k: int) -> torch.Tensor:
     pads = [p for s in reversed(x.shape[2:]) for p in (0, (-s) % k)]
     return torch.nn.functional.pad(x, pads)

@@ -20,12 +20,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_cli import commit
-from bench_quality import CLASSES, load_data
+from bench_quality import CLASSES, load_data, load_saved_model
 
 from tdseg_lite.inference import evaluate
-from tdseg_lite.model import ModelSpec, build_model
-from tdseg_lite.prompts import dataset_prompts
-from tdseg_lite.text import TextEncoder
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quality_sampler"
 
@@ -41,11 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    saved = torch.load(args.model, map_location="cpu", weights_only=True)
-    spec = ModelSpec.from_dict(saved["spec"])
-    model = build_model(spec, text_encoder=TextEncoder(spec.text, cache_dir=Path(args.artifacts) / "text_cache"),
-                        phrases=dataset_prompts("phantom_kidney").phrases, patch_size=(64, 64, 64))
-    model.load_state_dict(saved["state_dict"])
+    model = load_saved_model(args.model, args.artifacts)
     data = load_data(argparse.Namespace(preset=args.preset, data="", artifacts=args.artifacts))
     dcfg, rows = data["cfg"], []
     for item in args.grid.split(","):

@@ -31,12 +31,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_quality import load_data
+from bench_quality import load_data, load_saved_model
 
 from tdseg_lite.inference import nanmean, per_class_metrics, sliding_window_predict
-from tdseg_lite.model import ModelSpec, build_model
-from tdseg_lite.prompts import dataset_prompts
-from tdseg_lite.text import TextEncoder
 from tdseg_lite.utils import atomic_write_text, versions
 
 RESULTS = Path(__file__).resolve().parent / "results" / "text_effect"
@@ -59,13 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    saved = torch.load(args.model, map_location="cpu", weights_only=True)
-    spec = ModelSpec.from_dict(saved["spec"])
-    encoder = TextEncoder(spec.text, cache_dir=Path(args.artifacts) / "text_cache")
-    model = build_model(spec, text_encoder=encoder, phrases=dataset_prompts("phantom_kidney").phrases,
-                        patch_size=(64, 64, 64))
-    model.load_state_dict(saved["state_dict"])
-    model.eval()
+    model = load_saved_model(args.model, args.artifacts)
     data = load_data(argparse.Namespace(preset=args.preset, data=args.data, artifacts=args.artifacts))
     cases, dcfg = data["val_cases"], data["cfg"]
     descriptions = [c.get("description", "") for c in cases]

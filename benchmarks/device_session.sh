@@ -10,14 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/device}"
 mkdir -p "$OUT"
-if ! python -c "import monai, nibabel" 2>/dev/null; then
-  pip install -q --no-deps --target /tmp/site .whl/monai-*.whl .whl/nibabel-*.whl
-  export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
-fi
-if ! python -c "import scipy" 2>/dev/null; then  # HD95 needs it; a wheel for another Python just fails
-  pip install -q --no-deps --target /tmp/site .whl/scipy-*.whl 2>/dev/null || echo "no scipy: HD95 will be NaN"
-fi
-export PYTHONPATH="/tmp/site:$PWD:${PYTHONPATH:-}" HF_HUB_OFFLINE=1
+source benchmarks/device_env.sh
 python -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; from bench_step import tiny_text_model; tiny_text_model(Path('/tmp/tiny_bert'))"
 TDSEG_ARTIFACTS=/tmp/tdseg_quality MINUTES="${MINUTES:-6}" OUT="$OUT/quality" \
   bash benchmarks/quality_parallel.sh --set text.model=/tmp/tiny_bert >"$OUT/quality_log.txt" 2>&1 &

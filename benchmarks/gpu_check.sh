@@ -11,14 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/gpu}"
 mkdir -p "$OUT"
-if ! python -c "import monai, nibabel" 2>/dev/null; then
-  pip install -q --no-deps --target /tmp/site .whl/monai-*.whl .whl/nibabel-*.whl
-  export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
-fi
-if ! python -c "import scipy" 2>/dev/null; then  # HD95 needs it; a wheel for another Python just fails
-  pip install -q --no-deps --target /tmp/site .whl/scipy-*.whl 2>/dev/null || echo "no scipy: HD95 will be NaN"
-fi
-export PYTHONPATH="/tmp/site:$PWD:${PYTHONPATH:-}" TDSEG_ARTIFACTS="${TDSEG_ARTIFACTS:-/tmp/tdseg_art}" HF_HUB_OFFLINE=1
+source benchmarks/device_env.sh
+export TDSEG_ARTIFACTS="${TDSEG_ARTIFACTS:-/tmp/tdseg_art}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/nvidia_smi.csv"
 python - <<'EOF' | tee "$OUT/env.json"
 import json, torch, monai
