@@ -1,6 +1,8 @@
 """Equal-budget quality through the `tdseg` command, then the speed/quality frontier of the sampler.
 
-    .venv/bin/python benchmarks/bench_cli.py --minutes 10 --models textdiffseg,unet --out-dir /tmp/cli_runs
+    .venv/bin/python benchmarks/bench_cli.py                 # = tdseg bench cli: 3 models x 10 min, then the frontier
+    .venv/bin/python benchmarks/bench_cli.py --minutes 2 --models unet,textdiffseg --out-dir /tmp/cli_runs
+    .venv/bin/python benchmarks/bench_cli.py --reuse --out-dir /tmp/cli_runs   # re-evaluate finished runs
 
 1. For each model: ``tdseg train --preset cpu --model M --max-minutes MIN --out DIR/M`` (the budget
    includes TextDiffSeg's label-AE phase), then ``tdseg evaluate --run DIR/M --out DIR/M/metrics.json``
@@ -9,30 +11,34 @@
 2. The frontier: the trained TextDiffSeg scored at DDIM ``--steps-grid`` × ``--samples-grid`` (model
    grid) next to the UNet's seconds per case.
 
-Writes ``results/cli_quality.{json,md}`` and ``results/frontier.{json,md}``. Every figure states the
-device, threads, date and commit.
+Writes ``results[/gpu_NAME]/cli_quality.{json,md}`` and ``frontier.{json,md}``, the latter with a
+verdict against the goal (a setting within 3x the UNet's seconds per case at no loss of Dice on
+any class). Every figure states the device, threads, date and commit.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import json
+import math
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-def commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False,
-                         cwd=Path(__file__).resolve().parent)
-    return out.stdout.strip() or "?"
+from common import fmt, results_dir, stamp, title, write_report
+
+from tdseg_lite.utils import pick_device
+
+SPEED_GOAL = 3.0  # the frontier goal: within 3x the UNet's seconds per case at no loss of Dice
 
 
 def tdseg(*args: str) -> float:
@@ -42,38 +48,42 @@ def tdseg(*args: str) -> float:
     return time.perf_counter() - start
 
 
-def header(threads: int) -> dict[str, Any]:
-    return {"date": dt.datetime.now().isoformat(timespec="seconds"), "commit": commit(),
-            "device": f"cpu ({platform.machine()}), {threads} threads", "load_average": os.getloadavg()}
+def trained_steps(run: Path) -> int:
+    """Optimiser steps of a finished run: the last row of its ``log.csv``."""
+    with (run / "log.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    return int(float(rows[-1]["step"])) if rows else 0
 
 
 def quality(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """Train (unless ``--reuse`` finds a finished run) and evaluate each model; metrics per model."""
     rows = {}
     for model in args.models.split(","):
         run = out / model
-        train_s = 0.0 if (run / "checkpoints" / "last.pt").exists() else tdseg(
-            "train", "--out", str(run), "--preset", "cpu", "--model", model, "--max-minutes", str(args.minutes),
-            "--quiet", "--device", "cpu")
-        tdseg("evaluate", "--run", str(run), "--out", str(run / "metrics.json"), "--device", "cpu", "--quiet")
+        reuse = args.reuse and (run / "checkpoints" / "last.pt").exists()
+        train_s = 0.0 if reuse else tdseg(
+            "train", "--out", str(run), "--preset", args.preset, "--model", model, "--max-minutes", str(args.minutes),
+            "--quiet", "--device", args.device)
+        tdseg("evaluate", "--run", str(run), "--out", str(run / "metrics.json"), "--device", args.device, "--quiet")
         metrics = json.loads((run / "metrics.json").read_text())
         last = json.loads((run / "config.json").read_text())
         rows[model] = {"train_wall_s": train_s, "metrics": {k: metrics[k] for k in (
             "mean", "undefined", "mean_dice", "seconds_per_case", "steps", "samples", "uncertainty", "checkpoint")},
-            "max_minutes": last["max_minutes"]}
+            "max_minutes": last["max_minutes"], "steps_trained": trained_steps(run)}
     return rows
 
 
-def frontier(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
-    import torch
-
+def frontier(args: argparse.Namespace, out: Path) -> tuple[list[dict[str, Any]], int]:
+    """The trained TextDiffSeg at every DDIM steps × samples setting, then the UNet; (rows, cases)."""
     from tdseg_lite.evaluate import evaluate_cases, select_cases
     from tdseg_lite.train_run import load_trained
 
     torch.set_num_threads(args.threads)
-    model, plan, ckpt = load_trained(out / "textdiffseg", "best")
+    device = pick_device(args.device)
+    model, plan, ckpt = load_trained(out / "textdiffseg", "best", device=device)
     _, items = select_cases(out / "textdiffseg", ckpt, plan["data"], None, "val")
     names = [v for k, v in sorted(ckpt["config"]["labels"].items(), key=lambda kv: int(kv[0])) if int(k) > 0]
-    items = items[: args.frontier_cases]
+    items = items[: args.frontier_cases or None]
     rows = []
     for steps in (int(s) for s in args.steps_grid.split(",")):
         for samples in (int(s) for s in args.samples_grid.split(",")):
@@ -82,54 +92,93 @@ def frontier(args: argparse.Namespace, out: Path) -> list[dict[str, Any]]:
                          "seconds_per_case": r["seconds_per_case"]})
             print(f"DDIM {steps} x {samples}: {r['mean']['dice']} {r['seconds_per_case']:.2f} s/case", flush=True)
     if (out / "unet" / "checkpoints" / "last.pt").exists():
-        unet, uplan, uckpt = load_trained(out / "unet", "best")
+        unet, uplan, _ = load_trained(out / "unet", "best", device=device)
         r = evaluate_cases(unet, uplan["data"], items, names, space="model")
         rows.append({"steps": None, "samples": None, "model": "unet", "dice": r["mean"]["dice"],
                      "seconds_per_case": r["seconds_per_case"]})
-    return rows
+    return rows, len(items)
+
+
+def frontier_verdict(rows: list[dict[str, Any]]) -> str:
+    """Whether a sampler setting is within ``SPEED_GOAL`` × the UNet's seconds at no loss of Dice.
+
+    A class counts when the UNet's Dice on it is defined (a class absent from every case scored is skipped).
+    """
+    unet = next((r for r in rows if r.get("model") == "unet"), None)
+    if unet is None:
+        return "Goal not checked: no UNet run to compare with."
+    classes = [c for c, v in unet["dice"].items() if not math.isnan(v)]
+    budget = SPEED_GOAL * unet["seconds_per_case"]
+    goal = f"Goal (≤ {SPEED_GOAL:g}× the UNet's {unet['seconds_per_case']:.2f} s/case at no loss of Dice)"
+    ours = [r for r in rows if r.get("model") != "unet"]
+    ok = [r for r in ours if r["seconds_per_case"] <= budget and all(r["dice"][c] >= unet["dice"][c] for c in classes)]
+    if ok:
+        best = min(ok, key=lambda r: r["seconds_per_case"])
+        return f"{goal}: **met** by DDIM {best['steps']} × {best['samples']} ({best['seconds_per_case']:.2f} s/case)."
+    fast = sum(r["seconds_per_case"] <= budget for r in ours)
+    best = max(ours, key=lambda r: sum(0.0 if math.isnan(r["dice"][c]) else r["dice"][c] for c in classes))
+    gap = ", ".join(f"{c} {fmt(best['dice'][c])} vs {fmt(unet['dice'][c])}" for c in classes)
+    return (f"{goal}: **not met**. {fast} of {len(ours)} settings fit the time; the best Dice of any setting "
+            f"(DDIM {best['steps']} × {best['samples']}, {best['seconds_per_case'] / unet['seconds_per_case']:.1f}× "
+            f"the UNet's time) is {gap} (TextDiffSeg vs UNet).")
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--minutes", type=float, default=10.0)
-    ap.add_argument("--models", default="textdiffseg,unet")
-    ap.add_argument("--out-dir", default="/tmp/tdseg_cli_runs")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget per model (AE phase included)")
+    ap.add_argument("--models", default="unet,textdiffseg,pixel-diffusion")
+    ap.add_argument("--preset", default="cpu", help="tdseg train preset of every model")
+    ap.add_argument("--out-dir", default=None, help="run folders (default /tmp/tdseg_bench_cli/<UTC time>)")
+    ap.add_argument("--reuse", action="store_true", help="evaluate runs already in --out-dir instead of training")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda (training, evaluation, frontier)")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads")
     ap.add_argument("--steps-grid", default="1,5,10,25")
     ap.add_argument("--samples-grid", default="1,4")
-    ap.add_argument("--frontier-cases", type=int, default=4)
+    ap.add_argument("--frontier-cases", type=int, default=0, help="validation cases in the frontier (0: all)")
     ap.add_argument("--skip-frontier", action="store_true")
+    ap.add_argument("--results-dir", default=None, help="where the tables go (default results[/gpu_NAME]/)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    out = Path(args.out_dir)
-    q = {**header(args.threads), "minutes": args.minutes, "runs": quality(args, out)}
-    (RESULTS / "cli_quality.json").write_text(json.dumps(q, indent=2, default=float) + "\n")
-    lines = [f"# Equal budget through `tdseg train` + `tdseg evaluate` ({q['date']}, commit {q['commit']}, "
-             f"{q['device']}, {args.minutes:g} min per model)", "",
-             "| model | Dice kidney | Dice tumour | HD95 kidney mm | HD95 tumour mm | NSD kidney | NSD tumour | s / case | uncertainty AUROC / ECE |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    args.device = str(device)
+    out = Path(args.out_dir or f"/tmp/tdseg_bench_cli/{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}")
+    results = Path(args.results_dir) if args.results_dir else results_dir(device)
+    q = {**stamp(device, args.threads), "minutes": args.minutes, "preset": args.preset, "runs_dir": str(out),
+         "runs": quality(args, out)}
+    minutes = "/".join(sorted({f"{r['max_minutes']:g}" for r in q["runs"].values()}))
+    lines = [title(q, "Equal budget through `tdseg train` + `tdseg evaluate`",
+                   f"{minutes} min per model, {args.preset} preset, validation split in each label's own grid"),
+             "",
+             ("| model | Dice kidney | Dice tumour | HD95 kidney mm | HD95 tumour mm | NSD kidney | NSD tumour | "
+             "iterations (best at) | s / case | uncertainty AUROC / ECE |"),
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in q["runs"].items():
         m, u = r["metrics"]["mean"], r["metrics"]["uncertainty"]
-        f = lambda v, p=3: "–" if v is None else f"{v:.{p}f}"  # noqa: E731
-        unc = "–" if not u else f"{f(u['auroc'])} / {f(u['ece'])}"
-        lines.append(f"| {name} | {f(m['dice']['kidney'])} | {f(m['dice']['tumor'])} | {f(m['hd95_mm']['kidney'], 1)} | "
-                     f"{f(m['hd95_mm']['tumor'], 1)} | {f(m['surface_dice']['kidney'])} | {f(m['surface_dice']['tumor'])} | "
-                     f"{r['metrics']['seconds_per_case']:.2f} | "
-                     f"{unc} |")
-    (RESULTS / "cli_quality.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines), flush=True)
+        unc = "–" if not u else f"{fmt(u['auroc'])} / {fmt(u['ece'])}"
+        lines.append(f"| {name} | {fmt(m['dice']['kidney'])} | {fmt(m['dice']['tumor'])} | "
+                     f"{fmt(m['hd95_mm']['kidney'], 1)} | {fmt(m['hd95_mm']['tumor'], 1)} | "
+                     f"{fmt(m['surface_dice']['kidney'])} | {fmt(m['surface_dice']['tumor'])} | {r['steps_trained']} ({r['metrics']['checkpoint']['step']}) | "
+                     f"{r['metrics']['seconds_per_case']:.2f} | {unc} |")
+    lines += ["", ("HD95 is averaged over the cases where it is defined (a class missing from the prediction or the "
+              "label leaves it undefined; counts in the JSON). NSD = surface Dice at MONAI's class thresholds. "
+              "TextDiffSeg's budget includes its label-autoencoder phase.")]
+    write_report(results / "cli_quality", q, lines)
     if not args.skip_frontier:
-        rows = frontier(args, out)
-        fr = {**header(args.threads), "cases": args.frontier_cases, "rows": rows}
-        (RESULTS / "frontier.json").write_text(json.dumps(fr, indent=2, default=float) + "\n")
-        lines = [f"# Speed/quality frontier ({fr['date']}, commit {fr['commit']}, {fr['device']}, "
-                 f"{args.frontier_cases} validation cases, model grid)", "",
-                 "| model | DDIM steps | samples | Dice kidney | Dice tumour | s / case |", "|---|---|---|---|---|---|"]
+        rows, cases = frontier(args, out)
+        fr = {**stamp(device, args.threads), "cases": cases, "runs_dir": str(out), "rows": rows,
+              "verdict": frontier_verdict(rows)}
+        lines = [title(fr, "Speed/quality frontier", f"{cases} validation cases of the runs above, model grid"), "",
+                 "| model | DDIM steps | samples | Dice kidney | Dice tumour | s / case | × UNet time |",
+                 "|---|---|---|---|---|---|---|"]
+        unet_s = next((r["seconds_per_case"] for r in rows if r.get("model") == "unet"), None)
         for r in rows:
+            ratio = "–" if unet_s is None else f"{r['seconds_per_case'] / unet_s:.1f}"
             lines.append(f"| {r.get('model', 'textdiffseg')} | {r['steps'] or '–'} | {r['samples'] or '–'} | "
-                         f"{r['dice']['kidney']:.3f} | {r['dice']['tumor']:.3f} | {r['seconds_per_case']:.2f} |")
-        (RESULTS / "frontier.md").write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
+                         f"{fmt(r['dice']['kidney'])} | {fmt(r['dice']['tumor'])} | {r['seconds_per_case']:.2f} | "
+                         f"{ratio} |")
+        lines += ["", fr["verdict"]]
+        write_report(results / "frontier", fr, lines)
     return 0
 
 

@@ -19,8 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_cli import commit
 from bench_quality import CLASSES, load_data, load_saved_model
+from common import commit
 
 from tdseg_lite.inference import evaluate
 
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(rows[-1]), flush=True)
     report = {"date": dt.datetime.now().isoformat(timespec="seconds"), "commit": commit(), "model": args.model,
               "device": f"cpu ({platform.machine()}), {args.threads} threads", "n_val": data["n_val"], "rows": rows}
-    lines = [f"# One trained TextDiffSeg, several samplers ({report['date']}, commit {report['commit']}, "
-             f"{report['device']}, {data['n_val']} whole validation volumes)", "",
+    lines = [(f"# One trained TextDiffSeg, several samplers ({report['date']}, commit {report['commit']}, "
+             f"{report['device']}, {data['n_val']} whole validation volumes)"), "",
              "| DDIM steps × samples | Dice kidney | Dice tumour | HD95 kidney mm | HD95 tumour mm (n undef) | s / case |",
              "|---|---|---|---|---|---|"]
     for r in rows:

@@ -14,10 +14,8 @@ model builds at 128³; the pixel model attends only on its coarsest level. Write
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
-import platform
 import statistics
 import sys
 import time
@@ -28,15 +26,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_cli import commit
 from bench_step import text_encoder
+from common import results_dir, stamp, title, write_report
 
 from tdseg_lite.model import ModelSpec, build_model
 from tdseg_lite.profiling import measure_training, synthetic_batch
 from tdseg_lite.train import TrainConfig
 from tdseg_lite.utils import pick_device
-
-RESULTS = Path(__file__).resolve().parent / "results" / "scaling"
 
 
 def exponent(sizes: list[int], seconds: list[float]) -> float:
@@ -49,7 +45,7 @@ def exponent(sizes: list[int], seconds: list[float]) -> float:
 def measure(name: str, size: int, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     spec = ModelSpec.build(args.preset, {"model": name, "denoiser.max_attention_tokens": 4096})
     model = build_model(spec, text_encoder=text_encoder(Path("/tmp/tdseg_scaling"), args.tiny_text)
-                        if name != "unet" else None, patch_size=(size,) * 3)
+                        if name != "unet" else None, patch_size=(size,) * 3).to(device)
     batch = synthetic_batch(1, size, spec.model.num_classes, device)
     train = measure_training(model, batch, TrainConfig(device=str(device)), steps=args.steps, warmup=1)
     model.eval()
@@ -58,6 +54,8 @@ def measure(name: str, size: int, args: argparse.Namespace, device: torch.device
         for _ in range(args.steps + 1):
             start = time.perf_counter()
             model.predict(batch["image"], batch["description"], samples=1)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             times.append(time.perf_counter() - start)
     # (no memory column: on a CPU the process's peak RSS accumulates over the models measured before)
     return {"model": name, "size": size, "train_step_s": train["step_s"], "predict_s": statistics.median(times[1:])}
@@ -71,10 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--tiny-text", action="store_true")
-    ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--out", default=None, help="output stem (default results[/gpu_NAME]/scaling)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    device = pick_device("auto")
+    device = pick_device(args.device)
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
     for name in args.models.split(","):
@@ -83,22 +82,18 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(rows[-1]), flush=True)
     fits = {name: {key: exponent(sizes, [r[key] for r in rows if r["model"] == name])
                    for key in ("train_step_s", "predict_s")} for name in args.models.split(",")}
-    report = {"date": dt.datetime.now().isoformat(timespec="seconds"), "commit": commit(),
-              "device": str(device) if device.type == "cuda" else f"cpu ({platform.machine()}), {args.threads} threads",
-              "preset": args.preset, "rows": rows, "exponents": fits}
-    lines = [f"# Cost vs volume size ({report['device']}, {report['date']}, commit {report['commit']}; batch 1, "
-             f"{args.preset} preset networks)", "",
+    report = {**stamp(device, args.threads), "preset": args.preset, "rows": rows, "exponents": fits}
+    lines = [title(report, "Cost vs volume size", f"batch 1, {args.preset} preset networks"), "",
              "| model | " + " | ".join(f"{s}³ step / predict s" for s in sizes) + " | exponent b (step, predict) |",
              "|---" * (len(sizes) + 2) + "|"]
     for name in args.models.split(","):
         cells = [f"{r['train_step_s']:.3f} / {r['predict_s']:.3f}" for r in rows if r["model"] == name]
         lines.append(f"| {name} | " + " | ".join(cells) +
                      f" | {fits[name]['train_step_s']:.2f}, {fits[name]['predict_s']:.2f} |")
-    lines += ["", "seconds ∝ voxels^b: b = 1 is linear in the number of voxels."]
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    lines += ["", ("seconds ∝ voxels^b, fitted on log–log axes: b = 1 is linear in the number of voxels. "
+              "Step = one optimiser step of the real engine; predict = one window, the preset's DDIM steps, "
+              "one sample.")]
+    write_report(Path(args.out) if args.out else results_dir(device) / "scaling", report, lines)
     return 0
 
 

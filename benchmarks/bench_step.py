@@ -1,8 +1,8 @@
 """Training-step and inference cost of each model on the current device (CPU or GPU, fp32 / bf16).
 
-    python benchmarks/bench_step.py                                  # auto device, patch 64³, batch 2
-    python benchmarks/bench_step.py --patch 96 --batch 2 --amp bf16  # GPU, the full preset's patch
-    python benchmarks/bench_step.py --models unet,textdiffseg --out benchmarks/results/step_gpu.json
+    python benchmarks/bench_step.py                                  # auto device, cpu preset: 4 patches of 64³
+    python benchmarks/bench_step.py --preset full --amp bf16         # GPU, the full preset's 96³ patches
+    python benchmarks/bench_step.py --models unet,textdiffseg --out /tmp/step.json
 
 For each model it times one optimiser step of the real engine (``Trainer.train_step``: loss,
 backward, clipping, AdamW, with AMP as asked; median of ``--steps`` after warm-up), reads the peak
@@ -10,19 +10,27 @@ memory (``tdseg_lite.profiling``), and times ``model.predict`` on one patch (DDI
 the preset, one sample). Data are random tensors of the right shapes: this measures compute, not
 the data pipeline. The text encoder is the offline all-MiniLM-L6-v2 when installed, else a tiny
 random BERT (the prompt embedding is cached either way, so it does not enter the step cost).
+
+Each model is measured in its own process, so that a CPU's peak RSS belongs to that model alone.
+Writes ``results[/gpu_NAME]/step_PRESET-preset_pPATCH_AMP.{json,md}`` unless ``--out`` names a file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import fmt, results_dir, stamp, title, write_report
 
 
 def tiny_text_model(folder: Path) -> str:
@@ -83,42 +91,76 @@ def time_model(name: str, args: argparse.Namespace, device: torch.device, cache:
             "predict_patch_s": infer, "trainable_params_m": params / 1e6}
 
 
-def main() -> int:
+def default_batch(preset: str) -> int:
+    """Patches per optimiser step of ``preset``'s data config (volumes per batch × crops per volume)."""
+    from tdseg_lite.config import build_config
+    from tdseg_lite.data import DataConfig
+
+    cfg = build_config(DataConfig, preset)
+    return cfg.batch_size * cfg.num_samples
+
+
+def one_model_in_subprocess(name: str, argv: list[str]) -> dict:
+    """Run this script for ``name`` alone in a fresh process and return its row."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "row.json"
+        subprocess.run([sys.executable, __file__, *argv, "--models", name, "--row-out", str(out)], check=True)
+        return json.loads(out.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="unet,textdiffseg,pixel-diffusion")
-    ap.add_argument("--preset", default="cpu", help="model preset (sizes of the networks)")
-    ap.add_argument("--patch", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--preset", default="cpu", help="model and data preset (network sizes, patches per step)")
+    ap.add_argument("--patch", type=int, default=0, help="cube side (0: the preset's patch size)")
+    ap.add_argument("--batch", type=int, default=0, help="patches per step (0: the preset's batch × crops)")
     ap.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     ap.add_argument("--compile", action="store_true", help="torch.compile the loss computation")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads")
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--tiny-text", action="store_true", help="use a random tiny BERT even if MiniLM is installed")
-    ap.add_argument("--out", type=Path, default=None)
-    args = ap.parse_args()
-    from tdseg_lite.utils import environment_report, pick_device, seed_everything
+    ap.add_argument("--out", type=Path, default=None, help="JSON file (markdown next to it); default in results/")
+    ap.add_argument("--row-out", type=Path, default=None, help=argparse.SUPPRESS)  # one model, one process
+    args = ap.parse_args(argv)
+    from tdseg_lite.config import build_config
+    from tdseg_lite.data import DataConfig
+    from tdseg_lite.utils import pick_device, seed_everything
 
-    seed_everything(0)
-    device = pick_device("auto")
+    torch.set_num_threads(args.threads)
+    args.patch = args.patch or build_config(DataConfig, args.preset).patch_size[0]
+    args.batch = args.batch or default_batch(args.preset)
+    device = pick_device(args.device)
+    if args.row_out:  # child: one model
+        seed_everything(0)
+        with tempfile.TemporaryDirectory() as tmp:
+            row = time_model(args.models, args, device, Path(tmp))
+        args.row_out.write_text(json.dumps(row) + "\n")
+        return 0
+    common = ["--preset", args.preset, "--patch", str(args.patch), "--batch", str(args.batch), "--amp", args.amp,
+              "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
+              "--device", args.device] + ["--compile"] * args.compile + ["--tiny-text"] * args.tiny_text
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models.split(","):
-            row = time_model(name, args, device, Path(tmp))
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    env = environment_report()
-    record = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "device": env.get("gpu", "cpu"),
-              "env": env, "args": vars(args) | {"out": str(args.out)}, "rows": rows}
-    print(f"\n| model | step (s) | it/s | peak GPU GiB | predict 1 patch (s) | params (M) |  [{record['device']}, "
-          f"patch {args.patch}³, batch {args.batch}, amp {args.amp}]")
-    print("|---|---|---|---|---|---|")
+    for name in args.models.split(","):
+        rows.append(one_model_in_subprocess(name, common))
+        print(json.dumps(rows[-1]), flush=True)
+    record = {**stamp(device, args.threads), "args": {k: str(v) for k, v in vars(args).items() if k != "row_out"},
+              "rows": rows}
+    memory = "peak GPU memory GiB" if device.type == "cuda" else "peak RSS GiB (own process)"
+    lines = [title(record, "Training step and one-patch prediction per model",
+                   f"{args.preset} preset, {args.batch} × {args.patch}³ patches per step, amp {args.amp}"), "",
+             f"| model | step s | it/s | patches/s | {memory} | predict 1 patch s | trainable params M |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        peak = f"{r['peak_gpu_gib']:.2f}" if r["peak_gpu_gib"] is not None else "–"
-        print(f"| {r['model']} | {r['step_s']:.3f} | {r['it_per_s']:.1f} | {peak} | {r['predict_patch_s']:.3f} | "
-              f"{r['trainable_params_m']:.2f} |")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=2) + "\n")
+        lines.append(f"| {r['model']} | {r['step_s']:.3f} | {r['it_per_s']:.2f} | {r['patches_per_s']:.1f} | "
+                     f"{fmt(r['peak_memory_gib'], 2)} | {r['predict_patch_s']:.3f} | {r['trainable_params_m']:.2f} |")
+    lines += ["", ("One optimiser step of the real engine (`Trainer.train_step`), median after warm-up; random "
+              "tensors of the right shapes (compute only, no data loading); predict = the preset's DDIM steps, "
+              "one sample.")]
+    stem = args.out.with_suffix("") if args.out else (
+        results_dir(device) / f"step_{args.preset}-preset_p{args.patch}_{args.amp}")
+    write_report(stem, record, lines)
     return 0
 
 

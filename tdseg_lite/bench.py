@@ -1,6 +1,6 @@
 """``tdseg bench``: run the measurement scripts of a source checkout (``benchmarks/``).
 
-    tdseg bench all                         # the README tables: cost, step, scaling, cli (≈ 1 h on 2 CPU cores)
+    tdseg bench all                         # the README tables: cost, step, scaling, cli, summary (≈ 1 h, 2 CPU cores)
     tdseg bench cost -- --batches 2,8       # one suite; arguments after -- go to its script
     tdseg bench quality -- --minutes 15
 
@@ -31,9 +31,10 @@ SUITES: dict[str, tuple[str, str]] = {
     "phantom": ("bench_phantom.py", "phantom generation speed and HU statistics"),
     "text-fusion": ("bench_text_fusion.py", "text encoding and cross-attention speed"),
     "label-ae": ("bench_label_ae.py", "label autoencoder reconstruction trade-offs"),
+    "summary": ("bench_summary.py", "gather the tables into results/SUMMARY.md and the README's block"),
 }
-#: what ``tdseg bench all`` runs, in order
-ALL = ("cost", "step", "scaling", "cli")
+#: what ``tdseg bench all`` runs, in order (the summary last)
+ALL = ("cost", "step", "scaling", "cli", "summary")
 
 
 def benchmarks_dir() -> Path:

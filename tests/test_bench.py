@@ -40,3 +40,62 @@ def test_scaling_exponent_of_a_power_law() -> None:
     sizes = [48, 64, 96, 128]
     assert exponent(sizes, [1e-6 * s**3 for s in sizes]) == pytest.approx(1.0)
     assert exponent(sizes, [2.0 + 0 * s for s in sizes]) == pytest.approx(0.0)
+
+
+def _bench_module(name: str):
+    sys.path.insert(0, str(BENCH))
+    return __import__(name)
+
+
+def _row(kidney: float, tumor: float, seconds: float, steps: int | None = 5, model: str | None = None) -> dict:
+    row = {"steps": steps, "samples": 1, "dice": {"kidney": kidney, "tumor": tumor}, "seconds_per_case": seconds}
+    return row | ({"model": model} if model else {})
+
+
+def test_frontier_verdict_met_not_met_and_undefined_class() -> None:
+    verdict = _bench_module("bench_cli").frontier_verdict
+    unet = _row(0.90, 0.50, 0.2, None, "unet")
+    assert "**met** by DDIM 5 × 1" in verdict([_row(0.91, 0.55, 0.5), _row(0.95, 0.6, 2.0, 25), unet])
+    # as good but 4x slower, or fast but worse on one class: not met; the line names the best setting's gap
+    line = verdict([_row(0.91, 0.55, 0.8), _row(0.95, 0.40, 0.3, 1), unet])
+    assert "**not met**" in line and "1 of 2 settings fit the time" in line and "tumor 0.550 vs 0.500" in line
+    # a class the UNet's Dice leaves undefined (absent from every case) is not compared
+    assert "**met**" in verdict([_row(0.91, float("nan"), 0.3), _row(0.90, float("nan"), 0.2, None, "unet")])
+    assert "no UNet" in verdict([_row(0.9, 0.5, 0.3)])
+
+
+def test_cost_verdict_names_the_batches_below_the_goal() -> None:
+    verdict = _bench_module("bench_denoiser_cost").verdict
+    rows = [{"batch": 1, "ratio": 18.0}, {"batch": 2, "ratio": 41.0}]
+    assert verdict(rows).startswith("Goal (ratio >= 30x): **met** at batch 2; not at batch 1: 18x")
+    assert "**not met**" in verdict(rows[:1]) and "every batch" in verdict(rows[1:])
+
+
+def test_summary_gathers_tables_and_replaces_only_the_readme_block(tmp_path: Path, monkeypatch) -> None:
+    summary = _bench_module("bench_summary")
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "scaling.md").write_text("# Cost vs volume size (cpu, 2026, commit abc)\n\n| a |\n|---|\n| 1 |\n")
+    (results / "step_cpu-preset_p64_none.md").write_text("# Step (cpu)\n\n| s |\n|---|\n| 0.5 |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:results:begin -->\nold table\n<!-- bench:results:end -->\noutro\n")
+    monkeypatch.setattr(summary, "RESULTS", results)  # the default folder's README key is "results"
+    assert summary.main(["--results-dir", str(results), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- bench:results:begin -->") and text.endswith("<!-- bench:results:end -->\noutro\n")
+    assert "old table" not in text and "| 0.5 |" in text and "([scaling.md](results/scaling.md))" in text
+    page = (results / "SUMMARY.md").read_text()
+    assert "([scaling.md](scaling.md))" in page
+    assert page.count("*Missing:") == 3 and "`denoiser_cost.md`" in page and "`cli_quality.md`" in page
+    assert summary.replace_block("no markers here", "results", "x") is None
+
+
+def test_step_suite_measures_each_model_in_its_own_process(tmp_path: Path) -> None:
+    out = tmp_path / "step.json"
+    assert main(["bench", "step", "--", "--models", "unet", "--preset", "smoke", "--steps", "1", "--warmup", "1",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (row,) = report["rows"]
+    assert row["model"] == "unet" and row["step_s"] > 0 and row["peak_memory_gib"] > 0
+    assert report["args"]["batch"] == "4" and report["args"]["patch"] == "32"  # the smoke preset's 2 × 2 crops of 32³
+    assert "| unet |" in out.with_suffix(".md").read_text() and report["commit"] and report["device"].startswith("cpu")

@@ -1,0 +1,78 @@
+"""What every benchmark script shares: the stamp on each table and where results go.
+
+Each result states device, threads, date and commit (the issue's rule). On a CPU the tables go
+to ``benchmarks/results/``; on a GPU to ``benchmarks/results/gpu_<name>/`` so that a Colab run
+never overwrites the CPU tables the README quotes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tdseg_lite.utils import atomic_write_text, environment_report
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def commit() -> str:
+    """Short hash of HEAD, with ``+dirty`` when code outside ``benchmarks/results`` is modified."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, cwd=HERE, check=False).stdout.strip()
+        except OSError:
+            return ""
+
+    head = git("rev-parse", "--short", "HEAD") or "?"
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
+    return head + ("+dirty" if dirty else "")
+
+
+def device_label(device: torch.device, threads: int) -> str:
+    """``cpu (x86_64), 2 threads`` or ``cuda (NVIDIA H200)``."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.machine()}), {threads} threads"
+
+
+def results_dir(device: torch.device) -> Path:
+    """``results/`` for a CPU, ``results/gpu_<name>/`` for a GPU."""
+    if device.type != "cuda":
+        return RESULTS
+    name = re.sub(r"[^a-z0-9]+", "_", torch.cuda.get_device_name(device).lower()).strip("_")
+    return RESULTS / f"gpu_{name}"
+
+
+def stamp(device: torch.device, threads: int) -> dict[str, Any]:
+    """The fields every report starts with: date (UTC), commit, device, threads, load average, versions."""
+    return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "commit": commit(),
+            "device": device_label(device, threads), "threads": threads, "load_average": list(os.getloadavg()),
+            "env": environment_report()}
+
+
+def title(report: dict[str, Any], what: str, extra: str = "") -> str:
+    """Markdown heading naming the device, date and commit of ``report``."""
+    tail = f"; {extra}" if extra else ""
+    return f"# {what} ({report['device']}, {report['date']}, commit {report['commit']}{tail})"
+
+
+def write_report(stem: Path, report: dict[str, Any], lines: list[str]) -> None:
+    """Write ``stem.json`` and ``stem.md`` atomically (a killed run leaves the previous tables intact)."""
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(report, indent=2, default=float) + "\n")
+    atomic_write_text(stem.with_suffix(".md"), "\n".join(lines) + "\n")
+    print("\n".join(lines), flush=True)
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    """``value`` with ``digits`` decimals, or an en dash for a missing/undefined value."""
+    return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
