@@ -34,7 +34,7 @@ def commit() -> str:
             return ""
 
     head = git("rev-parse", "--short", "HEAD") or "?"
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results")
+    dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)benchmarks/results")
     return head + ("+dirty" if dirty else "")
 
 
