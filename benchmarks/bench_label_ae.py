@@ -15,13 +15,13 @@ Goals (cpu budget, 180 s of training on 2 threads): organ Dice >= 0.98, Dice of 
 
 Data: the phantom (``tdseg_lite.phantom``, task kidney, 96x96x64 at 3 mm); training cases 0..31
 of seed 0 (the notebooks' dataset), test cases 0..19 of seed 1 (never seen). Writes
-``benchmarks/results/label_ae.json`` and ``label_ae.md`` (or ``--out``).
+``benchmarks/results/label_ae.json`` and ``label_ae.md`` (or ``--out``) with device, threads, date and
+commit.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
 import os
@@ -37,6 +37,10 @@ import numpy as np
 import torch
 from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import stamp, title
 
 from tdseg_lite.label_ae import (
     LabelAEConfig,
@@ -176,11 +180,11 @@ def run_config(name: str, overrides: dict, train: list, test: list, args: argpar
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
-    """The results table (one row per configuration)."""
+    """A heading naming device, date and commit, then the results table (one row per configuration)."""
     noise = meta["latent_noise_eval"]
     lines = [
-        f"# Label autoencoder benchmark ({meta['date']})", "",
-        (f"Device: {meta['device']}, threads {meta['threads']}, load average at start {meta['load_average_start']}, "
+        title(meta, "Label autoencoder benchmark"), "",
+        (f"Threads {meta['threads']}, load average at start {meta['load_average_start']}, "
          f"at end {meta['load_average_end']}. Budget: {meta['seconds']} s / {meta['steps']} steps per config. "
          f"Train: {meta['train_cases']} phantom cases, test: {meta['test_cases']} held-out cases "
          f"({meta['tumours_ge_1cm']} tumours >= 1 cm)."), "",
@@ -233,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     train = phantom_labels(0, args.train_cases)
     test = phantom_labels(1, args.test_cases)
-    meta = {"date": dt.datetime.now().isoformat(timespec="seconds"), "device": str(device),
-            "cpu": platform.processor() or platform.machine(), "threads": args.threads,
+    meta = {**stamp(device, args.threads), "cpu": platform.processor() or platform.machine(),
             "load_average_start": [round(x, 2) for x in os.getloadavg()], "seconds": args.seconds,
             "steps": args.steps, "train_cases": len(train), "test_cases": len(test),
             "latent_noise_eval": args.noise, "versions": versions(), "extra_overrides": overrides}

@@ -4,7 +4,7 @@ Times ``tdseg_lite.phantom.generate_phantom`` for 40 cases (default config: kidn
 96x96x64 voxels at 3 mm, files written and gzipped) once per ``--workers`` value, then pools the
 HU statistics of the same cases per tissue and per label. Prints a summary and a Markdown table
 (for the README "Results / The phantom" section); writes ``benchmarks/results/phantom.json``
-and the table as ``phantom.md`` next to it (or ``--out``).
+and the table as ``phantom.md`` next to it (or ``--out``), both with device, threads, date and commit.
 
 Target: 40 cases in <= 30 s on 2 CPU cores. Timings on a shared machine are noisy: the JSON
 records the load average before and after each run.
@@ -18,7 +18,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import platform
@@ -26,6 +25,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import stamp, title
 
 from tdseg_lite.phantom import (
     PhantomConfig,
@@ -58,8 +63,10 @@ def time_generation(cfg: PhantomConfig, workers: int) -> dict[str, object]:
 
 
 def markdown(report: dict) -> str:
-    """The README table: timings, then HU mean +- SD per tissue against the expected range."""
-    lines = ["| workers | seconds | cases/s |", "|---|---|---|"]
+    """A heading, the README table: timings, then HU mean +- SD per tissue against the expected range."""
+    cfg = report["config"]
+    lines = [title(report, "Synthetic CT phantom", f"{cfg['num_cases']} cases, task {cfg['task']}"), "",
+             "| workers | seconds | cases/s |", "|---|---|---|"]
     lines += [f"| {r['workers']} | {r['seconds']} | {r['cases_per_s']} |" for r in report["runs"]]
     if "tissue_hu" in report:
         lines += ["", "| tissue | mean HU | SD | expected mean | voxels |", "|---|---|---|---|---|"]
@@ -81,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = PhantomConfig(task=args.task, num_cases=args.cases)
     report: dict[str, object] = {
-        "benchmark": "phantom", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": "cpu", "cpu_count": os.cpu_count(),
+        "benchmark": "phantom", **stamp(torch.device("cpu"), torch.get_num_threads()), "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "platform": platform.platform(), "python": platform.python_version(), "config": cfg.block(),
         "target": "40 cases <= 30 s on 2 CPU cores",

@@ -14,17 +14,15 @@ reports its aux head alone (same model, no diffusion), the denoiser used as a on
 the label-AE ceiling dec(enc(y)) with and without the image skip, and the per-step denoiser cost
 of the latent vs the pixel-space denoiser (``bench_denoiser_cost.py``).
 
-Writes ``benchmarks/results/quality.json`` and ``quality.md`` (or ``--out``).
+Writes ``benchmarks/results/quality.json`` and ``quality.md`` (or ``--out``) with device, threads,
+date and commit.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_denoiser_cost import denoiser_cost
+from common import stamp, title, write_report
 
 from tdseg_lite.config import build_config, parse_set_arguments
 from tdseg_lite.data import (
@@ -51,7 +50,7 @@ from tdseg_lite.model import AuxHeadView, ModelSpec, build_model
 from tdseg_lite.prompts import dataset_prompts
 from tdseg_lite.text import TextEncoder
 from tdseg_lite.train import TrainConfig, fit
-from tdseg_lite.utils import atomic_write_text, pick_device, seed_everything, versions
+from tdseg_lite.utils import pick_device, seed_everything, versions
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quality"
 CLASSES = ("kidney", "tumor")
@@ -181,12 +180,13 @@ def summary_line(r: dict[str, Any]) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The results table of ``report``."""
-    header = (f"Device: {report['device']}, threads {report['threads']}, load average at start "
+    """A heading naming device, date and commit, then the results table of ``report``."""
+    header = (f"Threads {report['threads']}, load average at start "
               f"{report['load_start']}, at end {report['load_end']}. Budget {report['minutes']} min per model "
               f"(training incl. the AE phase). Data: phantom kidney, {report['n_train']} train / {report['n_val']} "
               f"val cases, cpu preset. Sampling (diffusion models): {report['sampler']}.")
-    lines = [f"# Segmentation quality at equal wall clock ({report['date']})", "", header, "",
+    lines = [title(report, "Segmentation quality at equal wall clock", f"{report['minutes']} min per model"), "",
+             header, "",
              "| model | iters (AE) | Dice kidney | Dice tumour | HD95 kidney mm | HD95 tumour mm (n undef) | s/case |",
              "|---|---|---|---|---|---|---|"]
 
@@ -240,10 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ae-iters", type=int, default=None, help="AE iteration budget (with --max-iters)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    report: dict[str, Any] = {"date": dt.datetime.now().isoformat(timespec="seconds"), "minutes": args.minutes,
-                              "threads": args.threads, "device": f"cpu ({platform.processor() or platform.machine()})",
-                              "load_start": [round(v, 2) for v in os.getloadavg()], "seed": args.seed, "sets": args.set, "versions": versions(),
-                              "command": " ".join(sys.argv)}
+    report: dict[str, Any] = {**stamp(pick_device(args.device), args.threads), "minutes": args.minutes,
+                              "load_start": [round(v, 2) for v in os.getloadavg()], "seed": args.seed, "sets": args.set,
+                              "versions": versions(), "command": " ".join(sys.argv)}
     data = load_data(args)
     report.update(n_train=data["n_train"], n_val=data["n_val"])
     spec_sets = {k: v for k, v in parse_sets(args.set).items() if not k.startswith("train.")}
@@ -255,10 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_cost:
         report["denoiser_cost"] = denoiser_cost(args.preset)
     report["load_end"] = [round(v, 2) for v in os.getloadavg()]
-    out = Path(args.out)
-    atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=2, default=float) + "\n")
-    atomic_write_text(out.with_suffix(".md"), markdown(report))
-    print(markdown(report))
+    write_report(Path(args.out), report, markdown(report).splitlines())
     return 0
 
 

@@ -3,15 +3,14 @@
     .venv/bin/python benchmarks/bench_sampler.py --model /tmp/bq/models/textdiffseg.pt --grid 2x4,5x4,10x4
 
 Same protocol as ``bench_quality.py`` (cpu preset data, whole validation volumes, sliding windows,
-``inference.evaluate``); only the DDIM steps × samples change. Writes ``results/quality_sampler.{json,md}``.
+``inference.evaluate``); only the DDIM steps × samples change. Writes ``results/quality_sampler.{json,md}``
+(atomically) with device, threads, date and commit.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_quality import CLASSES, load_data, load_saved_model
-from common import commit
+from common import stamp, title, write_report
 
 from tdseg_lite.inference import evaluate
 
@@ -48,20 +47,17 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"steps": steps, "samples": samples, "dice": r["dice"], "hd95": r["hd95"],
                      "hd95_undefined": r["hd95_undefined"], "seconds_per_case": r["seconds_per_case"]})
         print(json.dumps(rows[-1]), flush=True)
-    report = {"date": dt.datetime.now().isoformat(timespec="seconds"), "commit": commit(), "model": args.model,
-              "device": f"cpu ({platform.machine()}), {args.threads} threads", "n_val": data["n_val"], "rows": rows}
-    lines = [(f"# One trained TextDiffSeg, several samplers ({report['date']}, commit {report['commit']}, "
-             f"{report['device']}, {data['n_val']} whole validation volumes)"), "",
+    report = {**stamp(torch.device("cpu"), args.threads), "model": args.model, "n_val": data["n_val"],
+              "rows": rows}
+    lines = [title(report, "One trained TextDiffSeg, several samplers",
+                   f"{data['n_val']} whole validation volumes"), "",
              "| DDIM steps × samples | Dice kidney | Dice tumour | HD95 kidney mm | HD95 tumour mm (n undef) | s / case |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['steps']} × {r['samples']} | {r['dice']['kidney']:.3f} | {r['dice']['tumor']:.3f} | "
                      f"{r['hd95']['kidney']:.1f} | {r['hd95']['tumor']:.1f} ({r['hd95_undefined']['tumor']}) | "
                      f"{r['seconds_per_case']:.2f} |")
-    out = Path(args.out)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2, default=float) + "\n")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(Path(args.out), report, lines)
     return 0
 
 

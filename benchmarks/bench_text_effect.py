@@ -13,16 +13,14 @@ validation case of the phantom (whose descriptions name the tumour's side, pole 
 * ``w=0``    — classifier-free guidance scale 0: the unconditional model (the text dropped).
 
 Reported per condition: Dice per class and the tumour false-positive volume (mL of voxels
-predicted tumour outside the true tumour). Writes ``results/text_effect.json`` and ``.md``.
+predicted tumour outside the true tumour). Writes ``results/text_effect.json`` and ``.md`` with
+device, threads, date and commit.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import math
-import platform
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,9 +30,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_quality import load_data, load_saved_model
+from common import stamp, title, write_report
 
 from tdseg_lite.inference import nanmean, per_class_metrics, sliding_window_predict
-from tdseg_lite.utils import atomic_write_text, versions
+from tdseg_lite.utils import versions
 
 RESULTS = Path(__file__).resolve().parent / "results" / "text_effect"
 
@@ -78,19 +77,15 @@ def main(argv: list[str] | None = None) -> int:
                       "tumour_fp_ml": sum(r["tumour_fp_ml"] for r in rs) / len(rs),
                       "tumour_fp_ml_tumour_free": nanmean(r["tumour_fp_ml"] for r in rs if not r["has_tumour"])}
                for name, rs in rows.items()}
-    report = {"date": dt.datetime.now().isoformat(timespec="seconds"), "model": args.model,
-              "device": f"cpu ({platform.machine()}), {args.threads} threads", "versions": versions(),
+    report = {**stamp(torch.device("cpu"), args.threads), "model": args.model, "versions": versions(),
               "cases": len(cases), "summary": summary, "rows": rows}
-    lines = [f"# Text effect on a trained TextDiffSeg ({report['date']}, {len(cases)} validation cases)", "",
+    lines = [title(report, "Text effect on a trained TextDiffSeg", f"{len(cases)} validation cases"), "",
              "| condition | Dice kidney | Dice tumour | tumour FP mL / case | tumour FP mL on tumour-free cases |",
              "|---|---|---|---|---|"]
     for name, s in summary.items():
         lines.append(f"| {name} | {s['dice_kidney']:.3f} | {s['dice_tumor']:.3f} | {s['tumour_fp_ml']:.2f} | "
                      f"{s['tumour_fp_ml_tumour_free']:.2f} |")
-    out = Path(args.out)
-    atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=2, default=float) + "\n")
-    atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(Path(args.out), report, lines)
     return 0
 
 

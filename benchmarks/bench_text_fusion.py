@@ -8,13 +8,12 @@ each other), so both are recorded.
 
     .venv/bin/python benchmarks/bench_text_fusion.py [--repeats 7] [--device auto] [--threads 1,2]
 
-Writes ``benchmarks/results/text_fusion.json``.
+Writes ``benchmarks/results/text_fusion.json`` with device, threads (the most measured), date and commit.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import platform
@@ -26,6 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import stamp, title
 
 from tdseg_lite.config import build_config
 from tdseg_lite.fusion import CrossModalAttention3d, FusionConfig
@@ -119,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     import transformers  # noqa: F401 - timed once here so that load_s below is the weights only
 
     import_s = time.perf_counter() - start
+    thread_counts = list(dict.fromkeys(int(t) for t in args.threads.split(",")))
+    device = pick_device(args.device)
     runs = {}
-    for threads in dict.fromkeys(int(t) for t in args.threads.split(",")):
+    for threads in thread_counts:
         torch.set_num_threads(threads)
         runs[str(threads)] = {"text": bench_text(args.repeats, args.device),
                               "fusion": bench_fusion(args.repeats, args.device)}
@@ -131,8 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     report = {
         "benchmark": "text_fusion",
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "device": str(pick_device(args.device)),
+        **stamp(device, max(thread_counts)),
         "threads_measured": list(runs),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
@@ -147,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs_by_threads": runs,
     }
     atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+    print(title(report, "Text encoding and cross-modal attention speed", f"threads {', '.join(runs)} measured"))
     for threads, run in runs.items():
         text, fusion = run["text"], run["fusion"]
         print(f"[threads={threads}] load {text['load_s']:.2f} s; encode 20 prompts (uncached): "

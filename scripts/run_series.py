@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             pm.execute_notebook(str(book), str(target), parameters=params, kernel_name="python3",
                                 cwd=str(REPO / "notebooks"), execution_timeout=args.timeout, progress_bar=False)
             entry["status"] = "ok"
-        except Exception as err:  # papermill already wrote the executed copy with the error
+        except Exception as err:  # noqa: BLE001 - papermill already wrote the executed copy with the error
             entry["status"] = f"failed: {type(err).__name__}"
             status = 1
         entry["seconds"] = round(time.perf_counter() - t0, 1)

@@ -279,7 +279,7 @@ def select_cases(run: str | Path, checkpoint: Mapping[str, Any], data_cfg: Any, 
 
 def write_metrics(payload: Mapping[str, Any], path: str | Path) -> tuple[Path, Path]:
     """Write ``payload`` as ``path`` (JSON, NaN -> null) and ``path`` with ``.csv`` (case × class rows), atomically."""
-    from tdseg_lite.utils import jsonable, atomic_write_text
+    from tdseg_lite.utils import atomic_write_text, jsonable
 
     path = Path(path)
     atomic_write_text(path, json.dumps(jsonable(payload), indent=2, allow_nan=False) + "\n")

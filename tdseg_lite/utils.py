@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import platform
 import sys
@@ -55,7 +56,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         set_determinism(seed=seed)
 
 
-def pick_device(device: str = "auto") -> "torch.device":  # noqa: F821 - torch imported lazily
+def pick_device(device: str = "auto") -> torch.device:  # noqa: F821 - torch imported lazily
     """``"auto"`` -> CUDA if available, else CPU; any other value is passed to ``torch.device``."""
     import torch
 
@@ -160,7 +161,7 @@ def jsonable(value: Any) -> Any:
         return str(value)
     if hasattr(value, "tolist"):  # numpy arrays/scalars, torch tensors
         return value.tolist()
-    if isinstance(value, float) and value != value:  # NaN -> null keeps the file valid JSON
+    if isinstance(value, float) and math.isnan(value):  # NaN -> null keeps the file valid JSON
         return None
     return value
 

@@ -132,8 +132,8 @@ def _label_errors(meta: dict[str, Any]) -> list[str]:
             str(v).isdigit() for v in labels.values()) else ""
         return [f'dataset.json: "labels" keys must be class indices "0", "1", ..., got {bad[0]!r}{flipped}; {fix}']
     if "0" not in labels:
-        return [f'dataset.json: "labels" must declare "0" (background), got keys {sorted(labels, key=int)}; '
-                'add "0": "background"']
+        return [(f'dataset.json: "labels" must declare "0" (background), got keys {sorted(labels, key=int)}; '
+                'add "0": "background"')]
     return []
 
 
@@ -147,12 +147,12 @@ def parse_section(root: Path, meta: dict[str, Any], section: str = "training",
     """
     items = meta.get(section)
     if items is None:
-        return [], [f'dataset.json: required key "{section}" is missing, got keys {sorted(meta)}; '
-                    f'add "{section}": [{{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}}]']
+        return [], [(f'dataset.json: required key "{section}" is missing, got keys {sorted(meta)}; '
+                    f'add "{section}": [{{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}}]')]
     if not isinstance(items, list) or (section == "training" and not items):
         kind = "a non-empty list of cases" if section == "training" else "a list of image paths"
-        return [], [f'dataset.json: "{section}" must be {kind}, got {json.dumps(items)[:60]}; write one '
-                    '{"image": "./imagesTr/x.nii.gz", "label": ...} object per case (bare paths in "test")']
+        return [], [(f'dataset.json: "{section}" must be {kind}, got {json.dumps(items)[:60]}; write one '
+                    '{"image": "./imagesTr/x.nii.gz", "label": ...} object per case (bare paths in "test")')]
     need = ("image", "label") if section == "training" else ("image",)
     entries, errors = [], []
     for i, item in enumerate(items):
@@ -204,7 +204,7 @@ def _load_header(path: Path, rel: str, key: str, out: _Case) -> Any:
         return None
     try:
         return nib.load(path)
-    except Exception as err:  # nibabel raises many types for corrupt/foreign files
+    except Exception as err:  # noqa: BLE001 - nibabel raises many types for corrupt/foreign files
         out.errors.append(f"{rel}: cannot be read as NIfTI, got {type(err).__name__}: {_one_line(err)}; "
                           "re-export the file as .nii.gz (e.g. with nibabel or SimpleITK)")
         return None
@@ -256,7 +256,7 @@ def _read_voxels(img: Any, rel: str, out: _Case, unscaled: bool) -> np.ndarray |
     try:
         proxy = img.dataobj
         return np.asanyarray(proxy.get_unscaled() if unscaled and hasattr(proxy, "get_unscaled") else proxy)
-    except Exception as err:  # truncated gzip streams, short files, ...
+    except Exception as err:  # noqa: BLE001 - truncated gzip streams, short files, ...
         out.errors.append(f"{rel}: voxel data must be readable, got {type(err).__name__}: {_one_line(err)}; "
                           "the file is truncated or corrupt, re-download or re-export it")
         return None

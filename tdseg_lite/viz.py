@@ -317,7 +317,7 @@ def slice_viewer(
         lo, hi = level.value - width.value / 2, level.value + width.value / 2
         with out:
             out.clear_output(wait=True)
-            fig, ax = plt.subplots(figsize=(5, 5))
+            _fig, ax = plt.subplots(figsize=(5, 5))
             ax.imshow(_plane_slice(img, plane.value, min(pos.value, pos.max)), cmap="gray", vmin=lo, vmax=hi,
                       aspect=_aspect(spacing, plane.value), interpolation="nearest")
             if shown is not None:

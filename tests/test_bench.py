@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -99,3 +100,25 @@ def test_step_suite_measures_each_model_in_its_own_process(tmp_path: Path) -> No
     assert row["model"] == "unet" and row["step_s"] > 0 and row["peak_memory_gib"] > 0
     assert report["args"]["batch"] == "4" and report["args"]["patch"] == "32"  # the smoke preset's 2 × 2 crops of 32³
     assert "| unet |" in out.with_suffix(".md").read_text() and report["commit"] and report["device"].startswith("cpu")
+
+
+STAMP = re.compile(r"^# .+\((?:cpu \(.+\), \d+ threads|cuda \(.+\)), \d{4}-\d\d-\d\dT[\d:]+\+00:00, commit [0-9a-f]{7,}")
+
+
+def test_every_published_table_is_stamped_or_its_provenance_is_in_the_readme() -> None:
+    """Issue #9: every figure states device, threads, date and commit."""
+    readme = (BENCH.parent / "README.md").read_text()
+    unstamped = []
+    for md in sorted((BENCH / "results").rglob("*.md")):
+        if md.name == "SUMMARY.md":
+            continue
+        first = md.read_text().splitlines()[0] if md.stat().st_size else ""
+        if not STAMP.match(first) and f"benchmarks/results/{md.relative_to(BENCH / 'results').as_posix()}" not in readme:
+            unstamped.append(md.name)
+    assert not unstamped, f"tables without a device/date/commit stamp nor a README provenance row: {unstamped}"
+    tables = _bench_module("bench_summary").TABLES
+    for pattern, _ in tables:
+        files = sorted((BENCH / "results").glob(pattern))
+        assert files, f"tdseg bench all's table {pattern} is missing from benchmarks/results/"
+        assert all(STAMP.match(f.read_text().splitlines()[0]) for f in files), f"{pattern} is not stamped"
+    assert "<!-- bench:results:begin -->" in readme and "<!-- bench:results:end -->" in readme

@@ -35,8 +35,8 @@ def test_presets() -> None:
 @pytest.mark.parametrize(
     ("overrides", "pattern"),
     [
-        ({"patch_size": (40, 64, 64)}, r"^`DataConfig.patch_size` must be 3 positive sizes divisible by 16 .*, "
-                                       r"got \(40, 64, 64\)\. Use e\.g\. \(64, 64, 64\)\.$"),
+        ({"patch_size": (40, 64, 64)}, (r"^`DataConfig.patch_size` must be 3 positive sizes divisible by 16 .*, "
+                                       r"got \(40, 64, 64\)\. Use e\.g\. \(64, 64, 64\)\.$")),
         ({"spacing": (0.0, 1.0, 1.0)}, r"`DataConfig.spacing` must be 3 positive voxel sizes in mm, got \(0.0, 1.0"),
         ({"a_min": 300.0}, r"`DataConfig.a_min` must be below a_max .*, got \(300.0, 250.0\)"),
         ({"val_fraction": 1.0}, r"`DataConfig.val_fraction` must be in \[0, 1\), got 1.0"),

@@ -89,7 +89,7 @@ def test_pins_required_by_design(pyproject: dict) -> None:
 def test_ci_runs_exactly_the_readme_test_command() -> None:
     readme = (REPO / "README.md").read_text()
     ci = (REPO / ".ci" / "run").read_text()
-    m = re.search(r"<!-- test-command -->\s*```bash\s*\n(.+?)\n```", readme, re.S)
+    m = re.search(r"<!-- test-command -->\s*```bash\s*\n(.+?)\n```", readme, re.DOTALL)
     assert m, "README must show the test command in a ```bash block after <!-- test-command -->"
     command = m.group(1).strip()
     ci_lines = [l.strip() for l in ci.splitlines() if l.strip() and not l.strip().startswith("#")]

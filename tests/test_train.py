@@ -11,7 +11,7 @@ from test_model import fixed_batch, make, one_thread  # noqa: F401 - tests/ is o
 from tdseg_lite.config import ConfigError
 from tdseg_lite.errors import UserInputError
 from tdseg_lite.inference import evaluate, per_class_metrics, sliding_window_predict
-from tdseg_lite.train import Trainer, TrainConfig, fit, learning_rate_at
+from tdseg_lite.train import TrainConfig, Trainer, fit, learning_rate_at
 
 
 def test_fit_respects_the_step_budget_and_logs() -> None:

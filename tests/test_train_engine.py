@@ -151,7 +151,7 @@ def test_existing_run_needs_resume_and_resume_keeps_the_model(tmp_path: Path, ca
 
 
 def test_resume_refuses_changes_other_than_the_budget() -> None:
-    from tdseg_lite.train_cli import plan_from_dict, plan_to_dict, plan_run
+    from tdseg_lite.train_cli import plan_from_dict, plan_run, plan_to_dict
 
     saved = plan_to_dict(plan_run("smoke", "unet", {}))
     assert plan_from_dict(saved, {"train.max_steps": 50})["train"].max_steps == 50
@@ -276,7 +276,7 @@ def test_a_dataset_failing_validate_is_refused_before_training(dataset: Path, tm
 
 
 def test_compiled_training_step_matches_eager() -> None:
-    cfg = dict(device="cpu", warmup_steps=0, schedule="constant")
+    cfg = {"device": "cpu", "warmup_steps": 0, "schedule": "constant"}
     eager, compiled = Trainer(Quadratic(), TrainConfig(**cfg)), Trainer(Quadratic(), TrainConfig(**cfg, compile=True))
     for i in range(2):
         a, b = eager.train_step(iter([batch(i)])), compiled.train_step(iter([batch(i)]))

@@ -120,20 +120,20 @@ BROKEN: dict[str, tuple[Callable[[Path], None], str]] = {
     "duplicate_case_id": (_dup_case_id, "got case id 'case_001' 2 times"),
     "image_2d": (_rewrite("imagesTr", lambda d, a: (d[:, :, 0], a)), "image must be 3D (X, Y, Z) or 4D"),
     "image_4d_undeclared": (_rewrite("imagesTr", lambda d, a: (np.stack([d, d], -1), a)),
-                            'image has 2 channel(s) (shape (40, 40, 24, 2)) but dataset.json "modality" '
-                            "declares 1 (1 if absent)"),
+                            ('image has 2 channel(s) (shape (40, 40, 24, 2)) but dataset.json "modality" '
+                            "declares 1 (1 if absent)")),
     "label_4d": (_rewrite("labelsTr", lambda d, a: (np.stack([d == 1, d == 2], -1).astype(np.uint8), a)),
                  f"labelsTr/{CASE}: label map must be 3D (X, Y, Z), got shape (40, 40, 24, 2)"),
     "shape_mismatch": (_rewrite("labelsTr", lambda d, a: (d[:, :, :20], a)),
                        f"labelsTr/{CASE}: label shape must equal the image shape (40, 40, 24)"),
     "affine_mismatch": (_rewrite("labelsTr", _shift_affine),
-                        f"labelsTr/{CASE}: label affine must match the image affine (tolerance 0.001 mm), "
-                        "got a max difference of 0.5"),
+                        (f"labelsTr/{CASE}: label affine must match the image affine (tolerance 0.001 mm), "
+                        "got a max difference of 0.5")),
     "singular_affine": (_singular_affine,
                         f"imagesTr/{CASE}: affine must be invertible"),
     "undeclared_label": (_rewrite("labelsTr", _with_value(7, np.uint8)),
-                         f'labelsTr/{CASE}: label value 7 is not declared in dataset.json "labels" (declared 0,1,2); '
-                         'fix the label map or add "7": "<name>" to "labels"'),
+                         (f'labelsTr/{CASE}: label value 7 is not declared in dataset.json "labels" (declared 0,1,2); '
+                         'fix the label map or add "7": "<name>" to "labels"')),
     "non_integer_label": (_rewrite("labelsTr", _with_value(0.5, np.float32)),
                           f"labelsTr/{CASE}: label values must be integers, got non-integer values"),
     "nan_image": (_rewrite("imagesTr", _with_nan), f"imagesTr/{CASE}: image must be finite, got 5 NaN/inf voxels"),

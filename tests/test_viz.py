@@ -23,7 +23,7 @@ def _marked_volume() -> np.ndarray:
 
 def test_axial_slice_is_radiological() -> None:
     sl = viz._plane_slice(_marked_volume(), "axial", 6)
-    r, c = np.argwhere(sl == 1.0)[0]
+    _r, c = np.argwhere(sl == 1.0)[0]
     assert c < sl.shape[1] // 2, "patient right must be on the viewer's left"
     r2, _ = np.argwhere(sl == 2.0)[0]
     assert r2 < sl.shape[0] // 2, "anterior must be at the top"
