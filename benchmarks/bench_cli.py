@@ -64,7 +64,7 @@ def quality(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         reuse = args.reuse and (run / "checkpoints" / "last.pt").exists()
         train_s = 0.0 if reuse else tdseg(
             "train", "--out", str(run), "--preset", args.preset, "--model", model, "--max-minutes", str(args.minutes),
-            "--quiet", "--device", args.device)
+            "--quiet", "--device", args.device, *[x for kv in args.set for x in ("--set", kv)])
         tdseg("evaluate", "--run", str(run), "--out", str(run / "metrics.json"), "--device", args.device, "--quiet")
         metrics = json.loads((run / "metrics.json").read_text())
         last = json.loads((run / "config.json").read_text())
@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=float, default=10.0, help="wall-clock budget per model (AE phase included)")
     ap.add_argument("--models", default="unet,textdiffseg,pixel-diffusion")
     ap.add_argument("--preset", default="cpu", help="tdseg train preset of every model")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override passed to every tdseg train (e.g. text.model=/tmp/tiny_bert); repeatable")
     ap.add_argument("--out-dir", default=None, help="run folders (default /tmp/tdseg_bench_cli/<UTC time>)")
     ap.add_argument("--reuse", action="store_true", help="evaluate runs already in --out-dir instead of training")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda (training, evaluation, frontier)")
