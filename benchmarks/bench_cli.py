@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import datetime as dt
 import json
 import math
@@ -93,11 +92,9 @@ def frontier(args: argparse.Namespace, out: Path) -> tuple[list[dict[str, Any]],
     items = items[: args.frontier_cases or None]
     evaluate_cases(model, plan["data"], items[:1], names, steps=1, samples=1, space="model")  # warm-up, not timed
     rows = []
-    noise_start = model.dcfg
     starts = [None] + [int(t) for t in args.aux_starts.split(",") if t.strip()]
     for start in starts:  # None: from pure noise; t: from the aux head's latent noised to t (SDEdit-style)
-        model.dcfg = noise_start if start is None else dataclasses.replace(noise_start, start="aux",
-                                                                               start_timestep=start)
+        model.set_sampling_start("noise" if start is None else "aux", start)
         for steps in (int(s) for s in args.steps_grid.split(",")):
             for samples in (int(s) for s in args.samples_grid.split(",")):
                 r = evaluate_cases(model, plan["data"], items, names, steps=steps, samples=samples, space="model")
@@ -106,7 +103,7 @@ def frontier(args: argparse.Namespace, out: Path) -> tuple[list[dict[str, Any]],
                              "samples": samples, "dice": r["mean"]["dice"], "seconds_per_case": r["seconds_per_case"]})
                 print(f"{rows[-1]['start']} DDIM {steps} x {samples}: {r['mean']['dice']} "
                       f"{r['seconds_per_case']:.2f} s/case", flush=True)
-    model.dcfg = noise_start
+    model.set_sampling_start("noise")
     if (out / "unet" / "checkpoints" / "last.pt").exists():
         unet, uplan, _ = load_trained(out / "unet", "best", device=device)
         evaluate_cases(unet, uplan["data"], items[:1], names, space="model")  # warm-up, not timed

@@ -16,10 +16,11 @@ reliability bins, ECE), on at most ``max_voxels`` random voxels per case.
 ``metrics.json`` (NaN is written as ``null``; ``CLASS`` = every foreground class name)::
 
     {
-      "schema_version": 1,
+      "schema_version": 2,
       "run": str, "checkpoint": {"which": "best"|"last", "step": int}, "model": str,
       "data": str, "split": "val"|"all", "space": "original"|"model",
       "steps": int|null, "samples": int|null,        # DDIM steps / ensemble size; null: not a diffusion model
+  "start": "noise"|"aux"|null, "start_timestep": int|null,  # where sampling starts (aux: SDEdit from the aux head)
       "seed": int, "tolerance_mm": float, "classes": [CLASS, ...], "num_cases": int,
       "seconds_per_case": float,                     # mean prediction time (sliding windows, no I/O)
       "cases": [{"case_id": str, "seconds": float, "spacing_mm": [float, float, float],
@@ -61,7 +62,7 @@ from tdseg_lite.errors import UserInputError
 __all__ = ["METRICS", "case_metrics", "evaluate_cases", "select_cases", "uncertainty_quality",
            "uncertainty_voxels", "write_metrics"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: + start, start_timestep
 #: per-class metrics of every case, in ``metrics.json`` and the CSV
 METRICS = ("dice", "hd95_mm", "surface_dice")
 
@@ -238,7 +239,10 @@ def evaluate_cases(model: Any, data_cfg: Any, items: Sequence[Mapping[str, Any]]
     if voxels:
         unc = {"kind": model.dcfg.uncertainty,
                **uncertainty_quality({k: torch.cat([v[k] for v in voxels]) for k in voxels[0]})}
-    return {"space": space, "steps": steps, "samples": samples, "seed": seed, "tolerance_mm": float(tolerance_mm),
+    start = getattr(model.dcfg, "start", None) if diffusion else None
+    return {"space": space, "steps": steps, "samples": samples, "start": start,
+            "start_timestep": model.dcfg.start_timestep if start == "aux" else None, "seed": seed,
+            "tolerance_mm": float(tolerance_mm),
             "classes": list(class_names), "num_cases": len(cases), "cases": cases, **_summarise(cases, class_names),
             "uncertainty": unc}
 
@@ -305,6 +309,10 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (diffusion models; default: the run's)")
     parser.add_argument("--samples", type=int, default=None,
                         help="ensemble size (diffusion models; > 1 adds the uncertainty analysis)")
+    parser.add_argument("--start", default=None, choices=("noise", "aux"),
+                        help="TextDiffSeg: sample from noise or from the aux head's latent (default: the run's)")
+    parser.add_argument("--start-timestep", type=int, default=None,
+                        help="TextDiffSeg with --start aux: timestep the aux latent is noised to (default: the run's)")
     parser.add_argument("--which", default="best", choices=("best", "last"), help="checkpoint to load")
     parser.add_argument("--space", default="original", choices=("original", "model"),
                         help="score in the label files' own grid or on the model grid")
@@ -317,7 +325,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cli_main(args: argparse.Namespace) -> int:
     """Run ``tdseg evaluate``; returns 0."""
-    from tdseg_lite.predict import check_output_path, check_positive
+    from tdseg_lite.predict import apply_sampling_start, check_output_path, check_positive
     from tdseg_lite.train_run import load_trained
     from tdseg_lite.utils import pick_device, versions
 
@@ -325,6 +333,7 @@ def cli_main(args: argparse.Namespace) -> int:
         check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
     out = check_output_path(args.out, "--out", (".json",))
     model, plan, ckpt = load_trained(args.run, args.which, pick_device(args.device))
+    apply_sampling_start(model, args.start, args.start_timestep)
     root, items = select_cases(args.run, ckpt, plan["data"], args.data, args.split)
     labels = {int(k): v for k, v in ckpt["config"]["labels"].items()}
     names = [labels[k] for k in sorted(labels) if k > 0]

@@ -45,6 +45,7 @@ from tdseg_lite.config import (
 )
 from tdseg_lite.denoiser import ConditionalDenoiser, DenoiserConfig
 from tdseg_lite.diffusion import DiffusionConfig
+from tdseg_lite.errors import UserInputError
 from tdseg_lite.fusion import CrossModalAttention3d, FusionConfig
 from tdseg_lite.image_encoder import ImageEncoder, ImageEncoderConfig
 from tdseg_lite.label_ae import LabelAEConfig, LabelAutoencoder, train_label_autoencoder
@@ -285,6 +286,22 @@ class TextDiffSeg(DiffusionSegmenter):
             terms["aux_seg"] = self.seg_loss(self.decode(feats["aux"][idx], feats["skip"][idx]), labels[idx])
             total = total + cfg.aux_latent_weight * terms["aux_mse"] + cfg.aux_weight * terms["aux_seg"]
         return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
+
+    def set_sampling_start(self, start: str | None = None, start_timestep: int | None = None) -> None:
+        """Where DDIM sampling starts: ``"noise"`` (N(0, I) at T) or ``"aux"`` (SDEdit-style).
+
+        ``"aux"`` noises the aux head's latent ẑ_aux to ``start_timestep`` by Eq. 5 and runs only the
+        schedule's steps <= it: fewer denoiser calls for the same ``steps`` (``benchmarks/results/frontier.md``).
+        ``None`` keeps the run's setting.
+        """
+        if start not in (None, "noise", "aux"):
+            raise UserInputError(f"`--start` must be 'noise' or 'aux', got {start!r}. Use --start aux for the aux-head start.")
+        has_aux = self.image_encoder is not None and self.image_encoder.cfg.aux_latent_channels > 0
+        if (start == "aux" or (start is None and start_timestep is not None and self.dcfg.start == "aux")) and not has_aux:
+            raise UserInputError("`--start aux` needs a TextDiffSeg with an aux head, got one trained with "
+                                 "model.aux_head=false or model.image_features=false. Leave --start out for this run.")
+        changes: dict[str, Any] = {k: v for k, v in (("start", start), ("start_timestep", start_timestep)) if v is not None}
+        self.dcfg = dataclasses.replace(self.dcfg, **changes)  # DiffusionConfig checks the timestep's range
 
     @torch.no_grad()
     def predict_aux(self, image: torch.Tensor) -> torch.Tensor:

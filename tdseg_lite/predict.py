@@ -33,7 +33,7 @@ import numpy as np
 
 from tdseg_lite.errors import UserInputError
 
-__all__ = ["check_ct", "check_output_path", "check_positive", "infer_case", "predict_volume", "save_nifti",
+__all__ = ["apply_sampling_start", "check_ct", "check_output_path", "check_positive", "infer_case", "predict_volume", "save_nifti",
            "to_input_space"]
 
 #: plausible raw CT values (HU): scanners pad outside the field of view with -1024, -2048 or -3024
@@ -217,9 +217,23 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (diffusion models; default: the run's)")
     parser.add_argument("--samples", type=int, default=None,
                         help="ensemble size (diffusion models; default: the run's)")
+    parser.add_argument("--start", default=None, choices=("noise", "aux"),
+                        help="TextDiffSeg: sample from noise or from the aux head's latent (default: the run's)")
+    parser.add_argument("--start-timestep", type=int, default=None,
+                        help="TextDiffSeg with --start aux: timestep the aux latent is noised to (default: the run's)")
     parser.add_argument("--which", default="best", choices=("best", "last"), help="checkpoint to load")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
+
+def apply_sampling_start(model: Any, start: str | None, start_timestep: int | None) -> None:
+    """``--start`` / ``--start-timestep`` of ``tdseg predict`` and ``tdseg evaluate`` (TextDiffSeg runs only)."""
+    if start is None and start_timestep is None:
+        return
+    if not hasattr(model, "set_sampling_start"):
+        raise UserInputError(f"`--start` and `--start-timestep` apply to TextDiffSeg runs, got a "
+                             f"{type(model).__name__} run. Leave them out for this run.")
+    model.set_sampling_start(start, start_timestep)
 
 
 def check_positive(value: int | None, flag: str) -> None:
@@ -246,6 +260,7 @@ def cli_main(args: argparse.Namespace) -> int:
     from tdseg_lite.utils import pick_device
 
     model, plan, _ = load_trained(args.run, args.which, pick_device(args.device))
+    apply_sampling_start(model, args.start, args.start_timestep)
     res = predict_volume(model, plan["data"], args.input, prompt=prompt, steps=args.steps,
                          samples=args.samples, seed=args.seed, uncertainty=unc_path is not None)
     save_nifti(res["label"], res["image"], output)

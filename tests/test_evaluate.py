@@ -16,6 +16,7 @@ from test_model import make, one_thread  # noqa: F401 - tests/ is on sys.path; a
 from test_predict import OBLIQUE_IPL, Oracle
 
 from tdseg_lite.cli import main
+from tdseg_lite.config import ConfigError
 from tdseg_lite.data import DataConfig, load_datalist
 from tdseg_lite.errors import UserInputError
 from tdseg_lite.evaluate import (
@@ -26,6 +27,7 @@ from tdseg_lite.evaluate import (
     uncertainty_quality,
     uncertainty_voxels,
 )
+from tdseg_lite.predict import apply_sampling_start
 
 NAMES = ["kidney", "tumor"]
 LABELS = {"0": "background", "1": "kidney", "2": "tumor"}
@@ -35,7 +37,8 @@ OPT_NUM = (int, float, type(None))
 
 def check_schema(m: dict[str, Any], full: bool = True) -> None:
     """Every field of the metrics.json schema in evaluate.py's docstring, with its type."""
-    top = {"space": str, "steps": (int, type(None)), "samples": (int, type(None)), "seed": int, "tolerance_mm": float,
+    top = {"space": str, "steps": (int, type(None)), "samples": (int, type(None)), "start": (str, type(None)),
+           "start_timestep": (int, type(None)), "seed": int, "tolerance_mm": float,
            "classes": list, "num_cases": int, "cases": list, "mean": dict, "undefined": dict, "mean_dice": OPT_NUM,
            "mean_hd95_mm": OPT_NUM, "mean_surface_dice": OPT_NUM, "seconds_per_case": NUM,
            "uncertainty": (dict, type(None))}
@@ -137,6 +140,7 @@ def test_diffusion_model_reports_uncertainty_quality(tmp_path: Path) -> None:
     check_schema(res, full=False)
     assert res["uncertainty"]["voxels"] == 500 and res["uncertainty"]["kind"] == "entropy"
     assert res["steps"] == 1 and res["samples"] == 2 and set(res["cases"][0]["uncertainty"]) == {"auroc", "ece"}
+    assert res["start"] == "noise" and res["start_timestep"] is None
     single = evaluate_cases(model, cfg, load_datalist(data), NAMES, steps=1, samples=1)
     assert single["uncertainty"] is None and single["cases"][0]["uncertainty"] is None
 
@@ -206,3 +210,42 @@ def test_cli_errors_exit_2_with_one_line(extra: list[str], pattern: str, tmp_pat
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("tdseg evaluate: error:")
     assert __import__("re").search(pattern, err), err
+
+
+def test_aux_start_runs_only_the_steps_below_its_timestep_and_is_reported(tmp_path: Path) -> None:
+    data = write_msd_dataset(tmp_path / "ds", n_cases=1, shape=(24, 24, 16))
+    model = make("textdiffseg", **{"diffusion.guidance_scale": 1.0}).eval()
+    calls: list[int] = []
+    model.denoiser.register_forward_hook(lambda mod, args, out: calls.append(int(args[1][0])))
+    image = torch.rand(1, 1, 16, 16, 16)
+    model.sample(image, "", steps=10)
+    assert len(calls) == 10 and calls[0] == 999
+    calls.clear()
+    model.set_sampling_start("aux", 300)
+    model.sample(image, "", steps=10)
+    assert calls == [222, 111, 0]  # DDIM 10 over 1000 steps, only t <= 300 run, from the aux latent noised to 222
+    cfg = DataConfig(spacing=(3.0, 3.0, 3.0), patch_size=(16, 16, 16))
+    res = evaluate_cases(model, cfg, load_datalist(data), NAMES, steps=10, samples=1)
+    check_schema(res, full=False)
+    assert res["start"] == "aux" and res["start_timestep"] == 300
+    model.set_sampling_start("noise")
+    assert model.dcfg.start == "noise" and model.dcfg.start_timestep == 300
+
+
+def test_aux_start_errors() -> None:
+    with pytest.raises(UserInputError, match="`--start aux` needs a TextDiffSeg with an aux head"):
+        make("textdiffseg", aux_head=False).set_sampling_start("aux")
+    with pytest.raises(ConfigError, match="start_timestep"):
+        make("textdiffseg").set_sampling_start("aux", 1000)
+    with pytest.raises(UserInputError, match="apply to TextDiffSeg runs, got a UNetSegmenter run"):
+        apply_sampling_start(make("unet"), "aux", None)
+    apply_sampling_start(make("unet"), None, None)  # nothing asked: nothing to check
+
+
+def test_cli_start_on_a_unet_run_is_a_one_line_error(tiny_unet_run: tuple[Path, Path], tmp_path: Path,
+                                                     capsys) -> None:
+    run, _ = tiny_unet_run
+    assert main(["evaluate", "--run", str(run), "--out", str(tmp_path / "m.json"), "--start", "aux"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "apply to TextDiffSeg runs, got a UNetSegmenter run" in err
+    assert not (tmp_path / "m.json").exists()
