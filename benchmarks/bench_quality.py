@@ -77,6 +77,25 @@ def load_data(args: argparse.Namespace) -> dict[str, Any]:
             "label_volumes": volumes, "val_cases": val_cases, "n_train": len(train_ds), "n_val": len(val_ds)}
 
 
+def saved_model_parser(description: str, out: Path) -> argparse.ArgumentParser:
+    """Arguments of the scripts that score a model saved by ``--save`` (bench_sampler, bench_text_effect)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--model", required=True, help="{spec, state_dict} file from bench_quality.py --save")
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--artifacts", default="/tmp/bq/art")
+    ap.add_argument("--data", default="")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(out))
+    return ap
+
+
+def load_saved_run(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """``(model, data)`` for ``saved_model_parser``'s arguments, with the thread count applied."""
+    torch.set_num_threads(args.threads)
+    return load_saved_model(args.model, args.artifacts), load_data(args)
+
+
 def load_saved_model(path: str | Path, artifacts: str | Path) -> Any:
     """A model written by ``--save`` (``{spec, state_dict}``), rebuilt with the offline text encoder, in eval mode."""
     saved = torch.load(path, map_location="cpu", weights_only=True)

@@ -9,7 +9,6 @@ Same protocol as ``bench_quality.py`` (cpu preset data, whole validation volumes
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_quality import CLASSES, load_data, load_saved_model
+from bench_quality import CLASSES, load_saved_run, saved_model_parser
 from common import stamp, title, write_report
 
 from tdseg_lite.inference import evaluate
@@ -27,18 +26,10 @@ RESULTS = Path(__file__).resolve().parent / "results" / "quality_sampler"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True)
+    ap = saved_model_parser(__doc__.split("\n")[0], RESULTS)
     ap.add_argument("--grid", default="2x4,5x4,10x4", help="DDIM steps x samples settings")
-    ap.add_argument("--preset", default="cpu")
-    ap.add_argument("--artifacts", default="/tmp/bq/art")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    model = load_saved_model(args.model, args.artifacts)
-    data = load_data(argparse.Namespace(preset=args.preset, data="", artifacts=args.artifacts))
+    model, data = load_saved_run(args)
     dcfg, rows = data["cfg"], []
     for item in args.grid.split(","):
         steps, samples = (int(v) for v in item.split("x"))

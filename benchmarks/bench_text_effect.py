@@ -19,7 +19,6 @@ device, threads, date and commit.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_quality import load_data, load_saved_model
+from bench_quality import load_saved_run, saved_model_parser
 from common import stamp, title, write_report
 
 from tdseg_lite.inference import nanmean, per_class_metrics, sliding_window_predict
@@ -45,18 +44,8 @@ def conditions(descriptions: list[str], i: int) -> dict[str, tuple[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True, help="{spec, state_dict} file from bench_quality.py --save")
-    ap.add_argument("--preset", default="cpu")
-    ap.add_argument("--artifacts", default="/tmp/bq/art")
-    ap.add_argument("--data", default="")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(RESULTS))
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    model = load_saved_model(args.model, args.artifacts)
-    data = load_data(argparse.Namespace(preset=args.preset, data=args.data, artifacts=args.artifacts))
+    args = saved_model_parser(__doc__.split("\n")[0], RESULTS).parse_args(argv)
+    model, data = load_saved_run(args)
     cases, dcfg = data["val_cases"], data["cfg"]
     descriptions = [c.get("description", "") for c in cases]
     voxel_ml = math.prod(dcfg.spacing) / 1000.0
