@@ -239,7 +239,7 @@ def evaluate_cases(model: Any, data_cfg: Any, items: Sequence[Mapping[str, Any]]
     if voxels:
         unc = {"kind": model.dcfg.uncertainty,
                **uncertainty_quality({k: torch.cat([v[k] for v in voxels]) for k in voxels[0]})}
-    start = getattr(model.dcfg, "start", None) if diffusion else None
+    start = model.dcfg.start if diffusion else None
     return {"space": space, "steps": steps, "samples": samples, "start": start,
             "start_timestep": model.dcfg.start_timestep if start == "aux" else None, "seed": seed,
             "tolerance_mm": float(tolerance_mm),

@@ -297,7 +297,7 @@ class TextDiffSeg(DiffusionSegmenter):
         if start not in (None, "noise", "aux"):
             raise UserInputError(f"`--start` must be 'noise' or 'aux', got {start!r}. Use --start aux for the aux-head start.")
         has_aux = self.image_encoder is not None and self.image_encoder.cfg.aux_latent_channels > 0
-        if (start == "aux" or (start is None and start_timestep is not None and self.dcfg.start == "aux")) and not has_aux:
+        if start == "aux" and not has_aux:
             raise UserInputError("`--start aux` needs a TextDiffSeg with an aux head, got one trained with "
                                  "model.aux_head=false or model.image_features=false. Leave --start out for this run.")
         changes: dict[str, Any] = {k: v for k, v in (("start", start), ("start_timestep", start_timestep)) if v is not None}
