@@ -8,14 +8,15 @@ The denoiser predicts one of (``prediction_type``) ε, z^(0) ("sample") or v = s
 sqrt(1 − ᾱ_t) z^(0); each gives the clean estimate ẑ0 in closed form (``predicted_x0``). The
 joint loss (paper §2; LDSeg) decodes ẑ0 and adds Dice + CE to λ·MSE(output, target).
 
-Sampling is an explicit DDIM loop (``ddim_sample``) over MONAI's ``DDIMScheduler.step``
-(k steps, η); ``classifier_free_guidance`` mixes the text-conditional and the unconditional
+Sampling is an explicit DDIM loop (``ddim_sample``) over ``ddim_step`` (k steps, η), which
+steps to the next *listed* timestep (MONAI 1.6's ``DDIMScheduler.step`` does not: see
+``ddim_step``); ``classifier_free_guidance`` mixes the text-conditional and the unconditional
 output, out = out_uncond + w (out_cond − out_uncond) (w = 1: conditional model, w = 0:
 unconditional); ``ensemble_statistics`` turns S sampled probability maps into their mean and a
 voxel-wise uncertainty (entropy of the mean, or the variance across samples).
 
 ``clip_sample=False`` always: MONAI's default clips ẑ0 to [−1, 1], which destroys unit-variance
-latents (measured: Dice 0.01–0.03 instead of ~0.4 after the same training; stack.md §4).
+latents (measured: Dice 0.01–0.03 instead of ~0.4 after the same training).
 
 Explained in notebooks/03_conditional_unet_and_diffusion.ipynb
 """
@@ -35,11 +36,13 @@ __all__ = [
     "DiffusionConfig",
     "classifier_free_guidance",
     "ddim_sample",
+    "ddim_step",
     "denoising_target",
     "ensemble_statistics",
     "make_scheduler",
     "predicted_x0",
     "sample_timesteps",
+    "sampling_timesteps",
 ]
 
 PredictionType = Literal["epsilon", "sample", "v_prediction"]
@@ -174,13 +177,67 @@ def classifier_free_guidance(uncond: torch.Tensor, cond: torch.Tensor, scale: fl
     return uncond + scale * (cond - uncond)
 
 
-def _run_timesteps(scheduler: Any, steps: int, start_timestep: int | None) -> torch.Tensor:
-    """DDIM timesteps (descending) for ``steps`` steps, cut to those <= ``start_timestep``."""
+def sampling_timesteps(scheduler: Any, steps: int, start_timestep: int | None = None) -> list[int]:
+    """The k DDIM timesteps, descending: MONAI's list ``round(linspace(T−1, 0, k))``, cut to ``<= start_timestep``.
+
+    Args:
+        scheduler: a ``DDIMScheduler`` (``set_timesteps(k)`` is called on it).
+        steps: k.
+        start_timestep: drop the timesteps above it (the aux start); ``None`` keeps all.
+
+    Returns:
+        ``[t_1 > t_2 > … > t_m]`` as Python ints (m = k without a start).
+    """
     scheduler.set_timesteps(steps)
-    timesteps = scheduler.timesteps
-    if start_timestep is not None:
-        timesteps = timesteps[timesteps <= start_timestep]
-    return timesteps
+    timesteps = [int(t) for t in scheduler.timesteps]
+    return timesteps if start_timestep is None else [t for t in timesteps if t <= start_timestep]
+
+
+def ddim_step(scheduler: Any, output: torch.Tensor, t: int, t_next: int, z_t: torch.Tensor, eta: float = 0.0,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDIM update from timestep ``t`` to the next *listed* timestep ``t_next`` (−1: the clean end).
+
+    DDIM (Song et al. 2021, Eq. 12 and 16), with ᾱ read from ``scheduler.alphas_cumprod`` and
+    ᾱ_{−1} = 1::
+
+        ẑ0   = predicted_x0(output)                   ε̂ = (z_t − sqrt(ᾱ_t) ẑ0) / sqrt(1 − ᾱ_t)
+        σ    = η · sqrt((1 − ᾱ_next) / (1 − ᾱ_t) · (1 − ᾱ_t / ᾱ_next))
+        z_next = sqrt(ᾱ_next) ẑ0 + sqrt(1 − ᾱ_next − σ²) ε̂ + σ ξ,   ξ ~ N(0, I)
+
+    Why not ``DDIMScheduler.step``: MONAI 1.6 lists the timesteps as ``round(linspace(T−1, 0, k))``
+    but its ``step`` moves to ``t − T // k``, which is not the next listed timestep (k = 2 lists
+    [999, 0], yet the first step lands on the noise level of t = 499 and the second call is told
+    t = 0). Here the update goes exactly to ``t_next``, so z stays on the schedule the denoiser
+    is called with. For eps/v outputs ε̂ is the closed form of the prediction; every formula is the
+    same as MONAI's otherwise (``tests/test_diffusion.py`` checks both).
+
+    Args:
+        scheduler: a MONAI DDIM/DDPM scheduler (``alphas_cumprod``, ``prediction_type``).
+        output: (B, k, d, h, w) denoiser output at ``t``.
+        t: the current timestep.
+        t_next: the next listed timestep (< t), or −1 for the last step.
+        z_t: (B, k, d, h, w) the current latent.
+        eta: η (0: deterministic).
+        generator: RNG for ξ when η > 0 (drawn on the CPU, like MONAI).
+
+    Returns:
+        ``(z_next, ẑ0)``, both (B, k, d, h, w).
+    """
+    if not -1 <= t_next < t:
+        raise UserInputError(f"`t_next` must be in [-1, t={t}), got {t_next}. Pass the next listed timestep "
+                             "(sampling_timesteps) or -1 for the last step.")
+    table = scheduler.alphas_cumprod.to(device=z_t.device, dtype=z_t.dtype)
+    a_t = table[t]
+    a_next = table[t_next] if t_next >= 0 else torch.ones((), device=z_t.device, dtype=z_t.dtype)
+    t_batch = torch.full((z_t.shape[0],), t, dtype=torch.long, device=z_t.device)
+    x0 = predicted_x0(scheduler, output, z_t, t_batch, scheduler.prediction_type)
+    eps = output if scheduler.prediction_type == "epsilon" else (z_t - a_t.sqrt() * x0) / (1 - a_t).sqrt()
+    sigma = eta * ((1 - a_next) / (1 - a_t) * (1 - a_t / a_next)).sqrt()
+    z_next = a_next.sqrt() * x0 + (1 - a_next - sigma**2).clamp_min(0).sqrt() * eps
+    if eta > 0:
+        xi = torch.randn(output.shape, dtype=output.dtype, generator=generator, device="cpu").to(output.device)
+        z_next = z_next + sigma * xi
+    return z_next, x0
 
 
 @torch.no_grad()
@@ -190,9 +247,14 @@ def ddim_sample(denoise: DenoiseFn, noise: torch.Tensor, scheduler: Any, steps: 
                 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
     """The reverse process written out: k DDIM steps from z^(T) (or a noised start) to ẑ0.
 
-    At each timestep t (descending): out = denoise(z_t, t, ẑ0_prev); then MONAI's
-    ``DDIMScheduler.step`` computes ẑ0 and z_{t−Δ} = sqrt(ᾱ_{t−Δ}) ẑ0 + sqrt(1 − ᾱ_{t−Δ} − σ²) ε̂ + σ ξ
-    with σ = η · sqrt((1 − ᾱ_{t−Δ}) / (1 − ᾱ_t) · (1 − ᾱ_t / ᾱ_{t−Δ})) (DDIM Eq. 12, 16).
+    Over the listed timesteps t_1 > … > t_m (``sampling_timesteps``)::
+
+        z = noise                                 # or: z = add_noise(start, noise, t_1)  (SDEdit start)
+        for i, t in enumerate(timesteps):
+            out = denoise(z, t, ẑ0_prev)          # 1. one denoiser call (guidance inside ``denoise``)
+            t_next = timesteps[i + 1] or −1       # 2. the next *listed* timestep
+            z, ẑ0 = ddim_step(out, t → t_next)    # 3. DDIM Eq. 12 / 16 (``ddim_step``)
+        return ẑ0
 
     Args:
         denoise: ``(z_t (B,k,...), t (B,), previous ẑ0 or None) -> output``, guidance included.
@@ -201,8 +263,8 @@ def ddim_sample(denoise: DenoiseFn, noise: torch.Tensor, scheduler: Any, steps: 
         steps: k, DDIM steps over the full schedule.
         eta: η; > 0 adds fresh noise drawn from ``generator``.
         generator: RNG for the η noise.
-        start: optional (B, k, d, h, w) latent (e.g. the aux head's) noised to ``start_timestep``
-            by Eq. 5; only the schedule's steps <= ``start_timestep`` run.
+        start: optional (B, k, d, h, w) latent (e.g. the aux head's) noised to the first listed
+            timestep <= ``start_timestep`` by Eq. 5; only those steps run.
         start_timestep: see ``start``.
         return_trajectory: also return ẑ0 after every step.
 
@@ -211,16 +273,17 @@ def ddim_sample(denoise: DenoiseFn, noise: torch.Tensor, scheduler: Any, steps: 
     """
     if not 1 <= steps <= scheduler.num_train_timesteps:
         raise UserInputError(f"`steps` must be in [1, {scheduler.num_train_timesteps}], got {steps}. Use e.g. 10.")
-    timesteps = _run_timesteps(scheduler, steps, start_timestep if start is not None else None)
-    if start is not None and len(timesteps):
-        z = scheduler.add_noise(start, noise, timesteps[:1].repeat(start.shape[0]).to(start.device))
+    timesteps = sampling_timesteps(scheduler, steps, start_timestep if start is not None else None)
+    if start is not None and timesteps:
+        t0 = torch.full((start.shape[0],), timesteps[0], dtype=torch.long, device=start.device)
+        z = scheduler.add_noise(start, noise, t0)
     else:
         z = start if start is not None else noise
     x0, trajectory = None, []
-    for t in timesteps:
-        t_batch = t.repeat(z.shape[0]).to(z.device)
-        out = denoise(z, t_batch, x0)
-        z, x0 = scheduler.step(out, int(t), z, eta=eta, generator=generator)
+    for i, t in enumerate(timesteps):
+        out = denoise(z, torch.full((z.shape[0],), t, dtype=torch.long, device=z.device), x0)  # 1.
+        t_next = timesteps[i + 1] if i + 1 < len(timesteps) else -1                              # 2.
+        z, x0 = ddim_step(scheduler, out, t, t_next, z, eta, generator)                           # 3.
         trajectory.append(x0)
     result = x0 if x0 is not None else z
     return (result, trajectory) if return_trajectory else result

@@ -10,14 +10,17 @@ from tdseg_lite.diffusion import (
     DiffusionConfig,
     classifier_free_guidance,
     ddim_sample,
+    ddim_step,
     denoising_target,
     ensemble_statistics,
     make_scheduler,
     predicted_x0,
+    sampling_timesteps,
 )
 from tdseg_lite.errors import UserInputError
 
 PREDICTIONS = ("epsilon", "sample", "v_prediction")
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -71,6 +74,76 @@ def test_ddim_eta0_with_a_perfect_predictor_recovers_x0(prediction: str) -> None
                             return_trajectory=True)
     assert len(traj) == 5
     torch.testing.assert_close(out, x0, atol=1e-3, rtol=1e-3)
+
+
+def _on_schedule_after_each_step(sched, steps: int, prediction: str, step_fn) -> list[float]:
+    """Run DDIM with a perfect denoiser and a known ε; return the error of z after each step against
+    sqrt(ᾱ_next) x0 + sqrt(1 − ᾱ_next) ε at the next *listed* timestep (ᾱ = 1 after the last)."""
+    x0, eps = torch.randn(2, 3, 4, 4, 4), torch.randn(2, 3, 4, 4, 4)
+    timesteps = sampling_timesteps(sched, steps)
+    a = sched.alphas_cumprod
+    z = a[timesteps[0]].sqrt() * x0 + (1 - a[timesteps[0]]).sqrt() * eps
+    errors = []
+    for i, t in enumerate(timesteps):
+        out = _perfect(sched, x0, prediction)(z, torch.full((2,), t), None)
+        t_next = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        z = step_fn(out, t, t_next, z)
+        a_next = a[t_next] if t_next >= 0 else torch.tensor(1.0)
+        errors.append(float((z - (a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps)).abs().max()))
+    return errors
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+@pytest.mark.parametrize("steps", [1, 2, 3, 5, 7, 10, 50])
+def test_ddim_step_lands_on_the_next_listed_timestep(steps: int, prediction: str) -> None:
+    sched = make_scheduler(DiffusionConfig(prediction_type=prediction), "ddim")
+    errors = _on_schedule_after_each_step(sched, steps, prediction,
+                                          lambda out, t, t_next, z: ddim_step(sched, out, t, t_next, z)[0])
+    assert len(errors) == steps and max(errors) < 2e-3, errors
+
+
+@pytest.mark.parametrize("steps", [2, 3, 5, 7, 10])
+def test_monai_step_misses_the_listed_timesteps(steps: int) -> None:
+    """Documents the MONAI 1.6 bug that ``ddim_step`` fixes: its ``step`` moves to t − T // k, off the list
+    (k = 1 and 50 happen to agree: T // k matches the list's spacing there)."""
+    sched = make_scheduler(DiffusionConfig(prediction_type="sample"), "ddim")
+    errors = _on_schedule_after_each_step(sched, steps, "sample",
+                                          lambda out, t, t_next, z: sched.step(out, t, z)[0])
+    assert max(errors) > 0.05, errors
+
+
+def test_ddim_step_matches_monai_where_monai_steps_right() -> None:
+    """Same formulas as ``DDIMScheduler.step`` (η > 0 included) when t_next = t − T // k."""
+    for prediction in PREDICTIONS:
+        sched = make_scheduler(DiffusionConfig(prediction_type=prediction), "ddim")
+        sched.set_timesteps(10)
+        for t in (999, 500, 150):
+            out, z = torch.randn(1, 2, 4, 4, 4), torch.randn(1, 2, 4, 4, 4)
+            ours = ddim_step(sched, out, t, t - 100, z, eta=0.5, generator=torch.Generator().manual_seed(t))
+            theirs = sched.step(out, t, z, eta=0.5, generator=torch.Generator().manual_seed(t))
+            torch.testing.assert_close(ours[0], theirs[0], rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(ours[1], theirs[1], rtol=1e-4, atol=1e-4)
+
+
+def test_sampler_calls_the_denoiser_at_the_listed_timesteps() -> None:
+    sched = make_scheduler(DiffusionConfig(prediction_type="sample"), "ddim")
+    seen: list[int] = []
+    x0 = torch.randn(1, 2, 4, 4, 4)
+
+    def fn(z: torch.Tensor, t: torch.Tensor, _p: torch.Tensor | None) -> torch.Tensor:
+        seen.append(int(t[0]))
+        return x0
+    ddim_sample(fn, torch.randn_like(x0), sched, steps=2)
+    assert seen == [999, 0]
+    seen.clear()
+    ddim_sample(fn, torch.randn_like(x0), sched, steps=10, start=x0, start_timestep=300)
+    assert seen == [222, 111, 0]
+
+
+def test_ddim_step_rejects_a_wrong_next_timestep() -> None:
+    sched = make_scheduler(DiffusionConfig(), "ddim")
+    with pytest.raises(UserInputError, match="t_next"):
+        ddim_step(sched, torch.zeros(1, 1, 2, 2, 2), 100, 100, torch.zeros(1, 1, 2, 2, 2))
 
 
 def test_start_from_a_latent_runs_only_the_late_steps() -> None:
