@@ -14,9 +14,10 @@ and spacing into a RAS volume at ``cfg.spacing``::
       -> CropForegroundd (body: HU > body_threshold_hu, + margin) -> ScaleIntensityRanged
          (HU a_min..a_max -> [0, 1], clipped) -> SpatialPadd (>= patch_size)
 
-Training adds ``RandCropByPosNegLabeld`` (``num_samples`` patches per volume, a share
-``pos_fraction`` centred on foreground), flips, a small ``RandAffined`` and
-``RandShiftIntensityd``. Both chains end in ``EnsureTyped``: image ``float32 (C, X, Y, Z)``,
+Training first gives every voxel its normalised position in the whole volume (``coords``,
+``positions.AddCoordinates``, made per sample, not cached), then ``RandCropByPosNegLabeld``
+(``num_samples`` patches per volume, a share ``pos_fraction`` centred on foreground), flips and a
+small ``RandAffined`` (image, label and coords together) and ``RandShiftIntensityd`` (image only). Both chains end in ``EnsureTyped``: image ``float32 (C, X, Y, Z)``,
 label ``int64 (1, X, Y, Z)`` class indices. MetaTensors keep the affine and the list of applied
 operations, so ``make_inverter`` maps a prediction back onto the original image grid.
 
@@ -40,6 +41,7 @@ from monai.data import CacheDataset, DataLoader
 
 from tdseg_lite.config import ConfigError
 from tdseg_lite.errors import UserInputError
+from tdseg_lite.positions import COORD_KEY, AddCoordinates
 from tdseg_lite.utils import artifacts_dir, atomic_write_text
 from tdseg_lite.validate import parse_section, read_dataset_json, validate_dataset
 
@@ -241,7 +243,7 @@ def _preprocess(cfg: DataConfig, keys: tuple[str, ...]) -> list[Any]:
 
 
 def _to_types(keys: tuple[str, ...]) -> list[Any]:
-    out = [mt.EnsureTyped(keys="image", dtype=torch.float32, track_meta=True)]
+    out = [mt.EnsureTyped(keys=[k for k in ("image", COORD_KEY) if k in keys], dtype=torch.float32, track_meta=True)]
     if "label" in keys:
         out.append(mt.EnsureTyped(keys="label", dtype=torch.int64, track_meta=True))
     return out
@@ -252,10 +254,13 @@ def train_transforms(cfg: DataConfig) -> mt.Compose:
 
     Returns:
         A ``Compose`` mapping ``{"image": path, "label": path, ...}`` to a list of ``num_samples``
-        dicts with ``image`` float32 ``(C, *patch_size)`` and ``label`` int64 ``(1, *patch_size)``.
+        dicts with ``image`` float32 ``(C, *patch_size)``, ``label`` int64 ``(1, *patch_size)`` and
+        ``coords`` float32 ``(3, *patch_size)``: where each voxel lay in the whole volume
+        (``positions.volume_coordinates``).
     """
-    keys = ("image", "label")
-    chain = _preprocess(cfg, keys) + [
+    keys = ("image", "label", COORD_KEY)  # the coordinates are cropped and warped with the image
+    chain = _preprocess(cfg, keys[:2]) + [
+        AddCoordinates(),  # (3, X, Y, Z) in [-1, 1] of the whole volume, before the crop (positions.py)
         mt.RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=cfg.patch_size,
                                   pos=cfg.pos_fraction, neg=1.0 - cfg.pos_fraction,
                                   num_samples=cfg.num_samples, image_key="image", image_threshold=0.0),
@@ -265,7 +270,7 @@ def train_transforms(cfg: DataConfig) -> mt.Compose:
         if cfg.affine_prob:
             angle = math.radians(cfg.rotate_deg)
             chain.append(mt.RandAffined(keys=keys, prob=cfg.affine_prob, rotate_range=[angle] * 3,
-                                        scale_range=[cfg.scale_range] * 3, mode=("bilinear", "nearest"),
+                                        scale_range=[cfg.scale_range] * 3, mode=("bilinear", "nearest", "bilinear"),
                                         padding_mode="border", spatial_size=cfg.patch_size, cache_grid=True))
         if cfg.intensity_prob:
             chain.append(mt.RandShiftIntensityd(keys="image", offsets=cfg.intensity_shift, prob=cfg.intensity_prob))

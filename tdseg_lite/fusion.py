@@ -32,6 +32,7 @@ from torch import nn
 
 from tdseg_lite.config import ConfigError
 from tdseg_lite.errors import UserInputError
+from tdseg_lite.positions import fourier_features, volume_coordinates
 from tdseg_lite.text import masked_mean
 
 __all__ = ["FUSION_MODES", "CrossModalAttention3d", "FusionConfig", "attention_weights"]
@@ -56,6 +57,7 @@ class FusionConfig:
     zero_init: bool = True       # W_o starts at zero, so z_fused = z_i at initialisation
     qkv_bias: bool = False       # biases in W_q, W_k, W_v (the paper's equation has none)
     attn_dropout: float = 0.0    # dropout on the attention weights while training
+    positional: int = 4          # F: Fourier octaves of the voxel position added to the queries (0: none; beyond the paper)
 
     def __post_init__(self) -> None:
         if self.mode not in FUSION_MODES:
@@ -66,6 +68,9 @@ class FusionConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"`FusionConfig.{name}` must be a positive integer, got {value!r}. "
                                   f"Use e.g. {name}={getattr(FusionConfig, name)}.")
+        if isinstance(self.positional, bool) or not isinstance(self.positional, int) or not 0 <= self.positional <= 8:
+            raise ConfigError(f"`FusionConfig.positional` must be an integer in [0, 8] (Fourier octaves), got "
+                              f"{self.positional!r}. Use 4, or 0 for queries without position.")
         if not 0.0 <= self.attn_dropout < 1.0:
             raise ConfigError(f"`FusionConfig.attn_dropout` must be in [0, 1), got {self.attn_dropout!r}. "
                               "Use 0.0 (no dropout) or e.g. 0.1.")
@@ -123,6 +128,8 @@ class CrossModalAttention3d(nn.Module):
         self.to_k = nn.Linear(text_dim, inner, bias=self.cfg.qkv_bias)        # W_k
         self.to_v = nn.Linear(text_dim, inner, bias=self.cfg.qkv_bias)        # W_v
         self.to_out = nn.Linear(inner, image_channels)                        # W_o: back to c channels
+        # P: where each voxel is (positions.fourier_features of its volume coordinates) -> added to the queries
+        self.to_pos = nn.Linear(3 + 6 * self.cfg.positional, image_channels) if self.cfg.positional else None
         if self.cfg.zero_init:
             nn.init.zeros_(self.to_out.weight)
             nn.init.zeros_(self.to_out.bias)
@@ -165,6 +172,7 @@ class CrossModalAttention3d(nn.Module):
         text: torch.Tensor,
         mask: torch.Tensor | None = None,
         return_attention: bool = False,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """Fuse text into the image latent (Eq. CMA).
 
@@ -174,6 +182,10 @@ class CrossModalAttention3d(nn.Module):
                 also takes a (B, D) vector.
             mask: (B, L) bool or 0/1, True for real tokens; ``None`` attends to every token.
             return_attention: also return the attention maps.
+            positions: (B, 3, d, h, w) normalised volume coordinates of the voxels
+                (``positions.volume_coordinates``, pooled to this grid); with ``cfg.positional`` the
+                queries become W_q (norm(z_i) + P(positions)). ``None``: the grid of ``image`` itself
+                is taken as the whole volume.
 
         Returns:
             z_fused (B, c, d, h, w); with ``return_attention`` also the weights (B, h, N, L')
@@ -188,7 +200,16 @@ class CrossModalAttention3d(nn.Module):
         b, c, d, h, w = image.shape
         heads, dk = self.cfg.num_heads, self.cfg.head_dim
         # 1. queries from the voxels z'_i (B, N, c); keys and values from the tokens z_t (B, L, D)
-        voxels = self.norm_image(image).flatten(2).transpose(1, 2)
+        voxels = self.norm_image(image)
+        if self.to_pos is not None:  # the queries know where each voxel is; keys and values do not change
+            if positions is None:
+                positions = volume_coordinates(image.shape[2:], image.device, image.dtype)[None]
+            if tuple(positions.shape[2:]) != (d, h, w) or positions.shape[1] != 3:
+                raise UserInputError(f"`positions` must be (B, 3, {d}, {h}, {w}) like the image grid, got "
+                                     f"{tuple(positions.shape)}. Pool the volume coordinates to the latent grid.")
+            pe = fourier_features(positions.to(image.dtype), self.cfg.positional)
+            voxels = voxels + self.to_pos(pe.movedim(1, -1)).movedim(-1, 1)
+        voxels = voxels.flatten(2).transpose(1, 2)
         tokens = self.norm_text(text).expand(b, -1, -1)
         q = self.to_q(voxels).view(b, -1, heads, dk).transpose(1, 2)   # (B, h, N, d_k)
         k = self.to_k(tokens).view(b, -1, heads, dk).transpose(1, 2)   # (B, h, L, d_k)

@@ -120,14 +120,10 @@ class ImageEncoder(nn.Module):
             Convolution(3, cfg.latent_channels, cfg.aux_latent_channels, kernel_size=1, conv_only=True),
         ) if cfg.aux_latent_channels else None
 
-    def forward(self, image: torch.Tensor) -> ImageFeatures:
-        """Encode a CT batch.
+    def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The encoder without the aux head: ``(z_i (B, c, D/f, H/f, W/f), [F_0, …, F_{s+1}])``.
 
-        Args:
-            image: (B, C, D, H, W) intensities (e.g. HU window scaled to [0, 1]); D, H, W divisible by 2f.
-
-        Returns:
-            ``ImageFeatures(latent, features, aux_latent)`` (shapes in its docstring).
+        TextDiffSeg fuses the report into z_i first and applies ``aux_head`` to the fused latent.
         """
         f2 = 2 * self.cfg.downsample_factor
         if not isinstance(image, torch.Tensor) or image.ndim != 5 or image.shape[1] != self.cfg.in_channels:
@@ -142,7 +138,18 @@ class ImageEncoder(nn.Module):
             x = stage(x)
             features.append(x)
         deep = self.up(features[-1])  # 2. bring the 1/2f context back to the latent grid and merge
-        latent = self.fuse(torch.cat([features[-2], deep], dim=1))
+        return self.fuse(torch.cat([features[-2], deep], dim=1)), features
+
+    def forward(self, image: torch.Tensor) -> ImageFeatures:
+        """Encode a CT batch.
+
+        Args:
+            image: (B, C, D, H, W) intensities (e.g. HU window scaled to [0, 1]); D, H, W divisible by 2f.
+
+        Returns:
+            ``ImageFeatures(latent, features, aux_latent)`` (shapes in its docstring).
+        """
+        latent, features = self.encode(image)
         aux = self.aux_head(latent) if self.aux_head is not None else None  # 3. predicted label latent
         return ImageFeatures(latent, features, aux)
 

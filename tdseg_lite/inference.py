@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from tdseg_lite.errors import UserInputError
+from tdseg_lite.positions import volume_coordinates
 from tdseg_lite.segmenter import as_plain
 
 __all__ = ["evaluate", "nanmean", "per_class_metrics", "sliding_window_predict"]
@@ -48,14 +49,20 @@ def sliding_window_predict(model: Any, image: torch.Tensor, text: Any = None, *,
         text = text[0]
     emb = model.text.embed(text, 1, "cpu") if getattr(model, "text", None) is not None else None
 
+    coords = getattr(model, "uses_coordinates", False)
+
     def predictor(window: torch.Tensor) -> torch.Tensor:
-        out = model.predict(window, emb.expand(window.shape[0]) if emb is not None else None,
-                            uncertainty=True, **predict_kwargs)
+        kw = {"coords": window[:, 1:]} if coords else {}  # the window's own slice of the volume coordinates
+        out = model.predict(window[:, :1], emb.expand(window.shape[0]) if emb is not None else None,
+                            uncertainty=True, **kw, **predict_kwargs)
         return torch.cat(out, dim=1)
 
     device = model.device()
-    out = sliding_window_inference(as_plain(image).float().to(device), tuple(roi_size), sw_batch_size, predictor,
-                                   overlap=overlap, mode="gaussian")
+    volume = as_plain(image).float().to(device)
+    if coords:  # every voxel's position in the whole volume, windowed together with the image
+        volume = torch.cat([volume, volume_coordinates(volume.shape[2:], device)[None]], dim=1)
+    out = sliding_window_inference(volume, tuple(roi_size), sw_batch_size, predictor, overlap=overlap,
+                                   mode="gaussian")
     out = as_plain(out)
     probs, unc = out[:, :-1], out[:, -1:]
     return (probs, unc) if uncertainty else probs

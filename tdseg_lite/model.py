@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from monai.networks.utils import pixelunshuffle
 from torch import nn
 
-from tdseg_lite.baselines import PixelDiffusion, UNetSegmenter
+from tdseg_lite.baselines import PixelDiffusion, TextUNetSegmenter, UNetSegmenter
 from tdseg_lite.config import (
     ConfigError,
     build_config,
@@ -49,6 +49,7 @@ from tdseg_lite.errors import UserInputError
 from tdseg_lite.fusion import CrossModalAttention3d, FusionConfig
 from tdseg_lite.image_encoder import ImageEncoder, ImageEncoderConfig
 from tdseg_lite.label_ae import LabelAEConfig, LabelAutoencoder, train_label_autoencoder
+from tdseg_lite.positions import COORD_KEY
 from tdseg_lite.segmenter import (
     DiffusionSegmenter,
     Segmenter,
@@ -70,9 +71,10 @@ class ModelConfig:
         "cpu": {},
         "full": {"unet_channels": (32, 64, 128, 256), "skip_width": 32},
     }
-    model: Literal["textdiffseg", "unet", "pixel-diffusion"] = "textdiffseg"  # the model (or a baseline)
+    model: Literal["textdiffseg", "unet", "text-unet", "pixel-diffusion"] = "textdiffseg"  # the model or a baseline
     num_classes: int = 3                          # N, background included
     text_fusion: bool = True                      # ablation: False = no text anywhere (fusion, cross-attention, FiLM)
+    coordinates: bool = True                      # the image input also carries each voxel's volume position (beyond the paper)
     image_features: bool = True                   # ablation: False = raw image (space-to-depth) instead of E_img
     label_encoder: bool = True                    # ablation: False = pixel-space diffusion on one-hot labels
     aux_head: bool = True                         # supervise E_img through its aux head (aux_* weights)
@@ -195,14 +197,16 @@ class TextDiffSeg(DiffusionSegmenter):
                               f"{label_ae.cfg.num_classes}. Build both with the same number of classes.")
         self.factor, self.k = f, k
         grid = [s // f for s in patch_size]
+        self.uses_coordinates = cfg.coordinates
+        in_ch = 4 if cfg.coordinates else 1
         if cfg.image_features:
-            icfg = dataclasses.replace(spec.image_encoder, downsample_factor=f,
+            icfg = dataclasses.replace(spec.image_encoder, downsample_factor=f, in_channels=in_ch,
                                        aux_latent_channels=k if cfg.aux_head else 0)
             self.image_encoder: ImageEncoder | None = ImageEncoder(icfg)
             c, skip_ch, scale = icfg.latent_channels, icfg.channels[0], int(math.log2(f))
             feature_channels: Sequence[int] = icfg.channels[scale:]
         else:
-            self.image_encoder, c, skip_ch, feature_channels = None, f**3, 1, ()
+            self.image_encoder, c, skip_ch, feature_channels = None, in_ch * f**3, in_ch, ()
         self.fusion = CrossModalAttention3d(c, text.dim, spec.fusion) if text is not None else None
         self.aux_condition = cfg.aux_condition and cfg.aux_head and cfg.image_features
         self.aux_residual = self.aux_condition and cfg.aux_residual and spec.diffusion.prediction_type == "sample"
@@ -238,23 +242,34 @@ class TextDiffSeg(DiffusionSegmenter):
         logits = self.label_ae.decode(z)
         return self.skip_decoder(logits, skip) if self.skip_decoder is not None and skip is not None else logits
 
-    def image_features(self, image: torch.Tensor) -> dict[str, Any]:
-        """E_img(x): ``{"latent" (B, c, d, h, w), "features" [1/f, 1/2f], "aux" (B, k, d, h, w) | None, "skip"}``."""
+    def image_features(self, image: torch.Tensor, coords: torch.Tensor | None = None) -> dict[str, Any]:
+        """E_img(x) without the aux head: ``{"latent" (B, c, d, h, w), "features" [1/f, 1/2f], "skip",
+        "positions" (B, 3, d, h, w)}``; ``coords`` (B, 3, D, H, W) are the voxels' volume coordinates."""
+        x = self.model_input(image, coords)
+        positions = None
+        if self.uses_coordinates:  # the coordinates pooled to the latent grid: where each latent voxel is
+            positions = F.avg_pool3d(x[:, 1:], self.factor)
         if self.image_encoder is None:
-            return {"latent": pixelunshuffle(image, 3, self.factor), "features": [], "aux": None, "skip": image}
-        out = self.image_encoder(image)
+            return {"latent": pixelunshuffle(x, 3, self.factor), "features": [], "skip": x, "positions": positions}
+        latent, features = self.image_encoder.encode(x)
         scale = int(math.log2(self.factor))
-        return {"latent": out.latent, "features": list(out.features[scale:]), "aux": out.aux_latent,
-                "skip": out.features[0]}
+        return {"latent": latent, "features": list(features[scale:]), "skip": features[0], "positions": positions}
 
     def condition(self, feats: dict[str, Any], emb: TextEmbedding | None) -> dict[str, Any]:
-        """z_fused = CMA(z_i, z_t) (Eq. CMA) [⊕ the detached aux latent], the text, the multi-scale features."""
-        fused = feats["latent"] if self.fusion is None or emb is None else self.fusion(feats["latent"], emb.tokens,
-                                                                                        emb.mask)
-        aux = feats["aux"].detach() if self.aux_condition else None
-        if aux is not None:
-            fused = torch.cat([fused, aux], dim=1)
-        return {"cond": fused, "aux": aux if self.aux_residual else None, "features": feats["features"], "tokens": None if emb is None else emb.tokens,
+        """z_fused = CMA(z_i, z_t) (Eq. CMA), the aux head on it, and what the denoiser reads.
+
+        The aux head reads the *fused* latent, so the report reaches the one-shot segmentation too;
+        the denoiser gets z_fused ⊕ the detached aux latent, the tokens, the pooled text and the
+        multi-scale image features.
+        """
+        fused = feats["latent"]
+        if self.fusion is not None and emb is not None:
+            fused = self.fusion(fused, emb.tokens, emb.mask, positions=feats["positions"])
+        aux = self.image_encoder.aux_head(fused) if self.image_encoder is not None and \
+            self.image_encoder.aux_head is not None else None
+        cond = torch.cat([fused, aux.detach()], dim=1) if self.aux_condition else fused
+        return {"cond": cond, "aux_latent": aux, "aux": aux.detach() if self.aux_residual else None,
+                "features": feats["features"], "tokens": None if emb is None else emb.tokens,
                 "pooled": None if emb is None else emb.pooled}
 
     def denoise(self, z_t: torch.Tensor, t: torch.Tensor, cond: dict[str, Any],
@@ -267,8 +282,8 @@ class TextDiffSeg(DiffusionSegmenter):
     def latent_shape(self, image: torch.Tensor) -> tuple[int, ...]:
         return (image.shape[0], self.k, *(s // self.factor for s in image.shape[2:]))
 
-    def sample_start(self, feats: dict[str, Any]) -> torch.Tensor | None:
-        return feats["aux"] if self.dcfg.start == "aux" else None
+    def sample_start(self, feats: dict[str, Any], cond: dict[str, Any]) -> torch.Tensor | None:
+        return cond["aux_latent"] if self.dcfg.start == "aux" else None
 
     # --- training and the aux head -----------------------------------------------------------------
     def loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -276,14 +291,15 @@ class TextDiffSeg(DiffusionSegmenter):
         device, cfg = self.device(), self.dcfg
         image, labels = self._check_image(batch["image"]).to(device), as_plain(batch["label"]).to(device)
         z0 = self.encode_labels(labels)
-        feats = self.image_features(image)
+        feats = self.image_features(image, batch.get(COORD_KEY))
         cond = self.condition(feats, self.text_embedding(batch, image.shape[0], train=True))
         terms = self.denoising_terms(z0, cond, labels, feats["skip"])
         total = cfg.mse_weight * terms["mse"] + terms.get("seg", torch.zeros((), device=device))
-        if feats["aux"] is not None:
-            terms["aux_mse"] = F.mse_loss(feats["aux"], z0)
+        aux = cond["aux_latent"]
+        if aux is not None:
+            terms["aux_mse"] = F.mse_loss(aux, z0)
             idx = self.decode_subset(image.shape[0]).to(device)
-            terms["aux_seg"] = self.seg_loss(self.decode(feats["aux"][idx], feats["skip"][idx]), labels[idx])
+            terms["aux_seg"] = self.seg_loss(self.decode(aux[idx], feats["skip"][idx]), labels[idx])
             total = total + cfg.aux_latent_weight * terms["aux_mse"] + cfg.aux_weight * terms["aux_seg"]
         return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
 
@@ -304,19 +320,26 @@ class TextDiffSeg(DiffusionSegmenter):
         self.dcfg = dataclasses.replace(self.dcfg, **changes)  # DiffusionConfig checks the timestep's range
 
     @torch.no_grad()
-    def predict_aux(self, image: torch.Tensor) -> torch.Tensor:
-        """The image feature extractor's own segmentation, softmax(D(ẑ_aux)): (B, N, D, H, W); no diffusion."""
-        feats = self.image_features(self._check_image(image))
-        if feats["aux"] is None:
+    def predict_aux(self, image: torch.Tensor, text: Any = None, coords: torch.Tensor | None = None) -> torch.Tensor:
+        """The aux head's own one-shot segmentation, softmax(D(ẑ_aux)): (B, N, D, H, W); no diffusion.
+
+        ẑ_aux is read from the fused latent, so it depends on the report ``text`` too.
+        """
+        image = self._check_image(image)
+        feats = self.image_features(image, coords)
+        emb = None if self.text is None else self.text.embed(text, image.shape[0], image.device)
+        aux = self.condition(feats, emb)["aux_latent"]
+        if aux is None:
             raise ConfigError("`ModelConfig.aux_head` must be True (with image_features) for predict_aux, got no "
                               "aux head. Build the model with aux_head=True.")
-        return self.decode(feats["aux"], feats["skip"]).softmax(dim=1)
+        return self.decode(aux, feats["skip"]).softmax(dim=1)
 
     @torch.no_grad()
-    def ceiling(self, image: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def ceiling(self, image: torch.Tensor, labels: torch.Tensor, coords: torch.Tensor | None = None) -> torch.Tensor:
         """softmax(D(E_lab(y))) with the image skip: the best any latent sample can decode to."""
         image = self._check_image(image)
-        return self.decode(self.encode_labels(as_plain(labels)), self.image_features(image)["skip"]).softmax(dim=1)
+        skip = self.image_features(image, coords)["skip"]
+        return self.decode(self.encode_labels(as_plain(labels)), skip).softmax(dim=1)
 
 
 class AuxHeadView(Segmenter):
@@ -324,10 +347,12 @@ class AuxHeadView(Segmenter):
 
     def __init__(self, model: TextDiffSeg) -> None:
         super().__init__()
-        self.model, self.num_classes, self.text = model, model.num_classes, None
+        self.model, self.num_classes, self.text = model, model.num_classes, model.text
+        self.uses_coordinates = model.uses_coordinates
 
-    def predict(self, image: torch.Tensor, text: Any = None, *, uncertainty: bool = False, **_: Any) -> Any:
-        probs = self.model.predict_aux(image)
+    def predict(self, image: torch.Tensor, text: Any = None, *, uncertainty: bool = False,
+                coords: torch.Tensor | None = None, **_: Any) -> Any:
+        probs = self.model.predict_aux(image, text, coords)
         return (probs, -(probs * probs.clamp_min(1e-12).log()).sum(1, keepdim=True)) if uncertainty else probs
 
 
@@ -340,22 +365,30 @@ def build_model(spec: ModelSpec, *, label_ae: LabelAutoencoder | None = None, te
         spec: the configs.
         label_ae: a trained label autoencoder (TextDiffSeg); ``None`` builds an untrained one
             (call ``model.pretrain(label_volumes, max_seconds=...)``).
-        text_encoder: a ``TextEncoder``; ``None`` creates one from ``spec.text`` when text is used.
+        text_encoder: a ``TextEncoder``; ``None`` creates one from ``spec.text`` when text is used
+            (``text.make_text_encoder``).
         phrases: foreground label phrases of the prompt template.
         patch_size: the training patch (D, H, W).
     """
     cfg = spec.model
+    unet_args = (cfg.num_classes, cfg.unet_channels, cfg.unet_strides, cfg.unet_res_units)
     if cfg.model == "unet":
-        return UNetSegmenter(cfg.num_classes, cfg.unet_channels, cfg.unet_strides, cfg.unet_res_units)
+        return UNetSegmenter(*unet_args, coordinates=cfg.coordinates)
     text = None
     if cfg.text_fusion:
-        from tdseg_lite.text import TextEncoder
+        from tdseg_lite.text import make_text_encoder
 
-        text = TextConditioner(text_encoder if text_encoder is not None else TextEncoder(spec.text), phrases)
+        encoder = text_encoder if text_encoder is not None else make_text_encoder(spec.text)
+        text = TextConditioner(encoder, phrases, paraphrase=spec.text.paraphrase)
+    if cfg.model == "text-unet":
+        if text is None:
+            raise ConfigError("`model.text_fusion` must be true for model='text-unet', got false. Use "
+                              "--model unet for the UNet without text.")
+        return TextUNetSegmenter(*unet_args, text, spec.fusion, spec.diffusion.text_dropout, cfg.coordinates)
     if cfg.model == "pixel-diffusion" or not cfg.label_encoder:
         den = dataclasses.replace(spec.denoiser, channels=cfg.pixel_channels,
                                   attention_levels=cfg.pixel_attention_levels, multiscale=False)
-        return PixelDiffusion(cfg.num_classes, spec.diffusion, den, text, patch_size)
+        return PixelDiffusion(cfg.num_classes, spec.diffusion, den, text, patch_size, cfg.coordinates)
     ae = label_ae if label_ae is not None else LabelAutoencoder(
         dataclasses.replace(spec.label_ae, num_classes=cfg.num_classes))
     return TextDiffSeg(spec, ae, text, patch_size)

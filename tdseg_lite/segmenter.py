@@ -22,6 +22,7 @@ Explained in notebooks/03_conditional_unet_and_diffusion.ipynb
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -40,6 +41,7 @@ from tdseg_lite.diffusion import (
     sample_timesteps,
 )
 from tdseg_lite.errors import UserInputError
+from tdseg_lite.positions import volume_coordinates
 from tdseg_lite.prompts import case_prompt
 from tdseg_lite.text import TextEmbedding
 
@@ -71,8 +73,8 @@ class TextConditioner:
         phrases: foreground label phrases for the prompt template, e.g. ``["kidney", "kidney tumor"]``.
     """
 
-    def __init__(self, encoder: Any, phrases: Sequence[str]) -> None:
-        self.encoder, self.phrases = encoder, list(phrases)
+    def __init__(self, encoder: Any, phrases: Sequence[str], paraphrase: float = 0.0) -> None:
+        self.encoder, self.phrases, self.paraphrase = encoder, list(phrases), float(paraphrase)
         self._null: TextEmbedding | None = None
 
     @property
@@ -80,8 +82,20 @@ class TextConditioner:
         """D, the token width."""
         return int(self.null(1, "cpu").tokens.shape[-1])
 
-    def prompts(self, descriptions: Sequence[str | None]) -> list[str]:
-        """One prompt per case: the label template plus the case description (``prompts.case_prompt``)."""
+    def prompts(self, descriptions: Sequence[str | None], train: bool = False) -> list[str]:
+        """One prompt per case: the label template plus the case description (``prompts.case_prompt``).
+
+        With ``train``, a share ``paraphrase`` of the descriptions is rewritten in another phrasing of
+        the same facts (``reports.paraphrase``; the draw comes from torch's RNG, so a resumed run
+        repeats it).
+        """
+        if train and self.paraphrase > 0:
+            from tdseg_lite.reports import paraphrase
+
+            seeds = torch.randint(0, 2**31 - 1, (len(descriptions),)).tolist()
+            rolls = torch.rand(len(descriptions)).tolist()
+            descriptions = [paraphrase(d, random.Random(seed)) if roll < self.paraphrase else d
+                            for d, seed, roll in zip(descriptions, seeds, rolls)]
         return [case_prompt(self.phrases, d) for d in descriptions]
 
     @staticmethod
@@ -130,19 +144,39 @@ class Segmenter(nn.Module):
 
     num_classes: int
     text: TextConditioner | None = None
+    #: the model reads the voxels' volume coordinates (``positions.py``) next to the image
+    uses_coordinates: bool = False
 
     def device(self) -> torch.device:
         """Where the parameters live."""
         return next(self.parameters()).device
 
-    def batch_prompts(self, batch: Mapping[str, Any]) -> list[str] | None:
+    def batch_prompts(self, batch: Mapping[str, Any], train: bool = False) -> list[str] | None:
         """The prompts of a collated batch (``batch['prompt']`` if given, else built from descriptions)."""
         if self.text is None:
             return None
         n = int(batch["image"].shape[0])
         if "prompt" in batch:
             return [batch["prompt"]] * n if isinstance(batch["prompt"], str) else list(batch["prompt"])
-        return self.text.prompts(batch_descriptions(batch, n))
+        return self.text.prompts(batch_descriptions(batch, n), train=train)
+
+    def model_input(self, image: torch.Tensor, coords: torch.Tensor | None = None) -> torch.Tensor:
+        """The network input: the image (B, 1, D, H, W), with ``uses_coordinates`` followed by the
+        voxels' volume coordinates (B, 3, D, H, W) -> (B, 4, D, H, W).
+
+        ``coords=None`` takes ``image`` as the whole volume (``positions.volume_coordinates``); a patch
+        or a sliding window must pass the coordinates it was cut with (``batch["coords"]``).
+        """
+        if not self.uses_coordinates:
+            return image
+        if coords is None:
+            coords = volume_coordinates(image.shape[2:], image.device, image.dtype)[None].expand(
+                image.shape[0], -1, -1, -1, -1)
+        coords = as_plain(coords).to(device=image.device, dtype=image.dtype)
+        if coords.shape != (image.shape[0], 3, *image.shape[2:]):
+            raise UserInputError(f"`coords` must be (B, 3, D, H, W) = {(image.shape[0], 3, *image.shape[2:])} like the "
+                                 f"image, got {tuple(coords.shape)}. Pass the batch's 'coords' or None for a whole volume.")
+        return torch.cat([image, coords], dim=1)
 
     def pretrain(self, label_volumes: Sequence[Any], *, max_seconds: float | None = None,
                  max_steps: int | None = None, seed: int = 0) -> dict[str, Any]:
@@ -155,8 +189,10 @@ class Segmenter(nn.Module):
 
     def predict(self, image: torch.Tensor, text: Any = None, *, steps: int | None = None, samples: int | None = None,
                 guidance: float | None = None, eta: float | None = None, generator: torch.Generator | None = None,
-                uncertainty: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Class probabilities (B, N, D, H, W) for images (B, 1, D, H, W) [+ uncertainty (B, 1, D, H, W)]."""
+                uncertainty: bool = False, coords: torch.Tensor | None = None,
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Class probabilities (B, N, D, H, W) for images (B, 1, D, H, W) [+ uncertainty (B, 1, D, H, W)];
+        ``coords`` (B, 3, D, H, W): where the voxels lie in the whole volume (``model_input``)."""
         raise NotImplementedError
 
     @staticmethod
@@ -189,7 +225,7 @@ class DiffusionSegmenter(Segmenter):
         """A sample of the diffusion space (+ the image skip of ``image_features``) -> logits (B, N, D, H, W)."""
         raise NotImplementedError
 
-    def image_features(self, image: torch.Tensor) -> dict[str, Any]:
+    def image_features(self, image: torch.Tensor, coords: torch.Tensor | None = None) -> dict[str, Any]:
         """Image-only work, done once per image: a dict with at least ``"skip"`` (for ``decode``)."""
         raise NotImplementedError
 
@@ -207,7 +243,7 @@ class DiffusionSegmenter(Segmenter):
         """The batch's prompt embeddings, with the guidance dropout while training."""
         if self.text is None:
             return None
-        emb = self.text.embed(self.batch_prompts(batch), size, self.device())
+        emb = self.text.embed(self.batch_prompts(batch, train=train), size, self.device())
         return self.text.drop(emb, self.dcfg.text_dropout) if train else emb
 
     def decode_subset(self, size: int) -> torch.Tensor:
@@ -250,23 +286,23 @@ class DiffusionSegmenter(Segmenter):
 
         return fn
 
-    def sample_start(self, feats: dict[str, Any]) -> torch.Tensor | None:
-        """Latent to start sampling from (``start='aux'``); ``None`` = pure noise."""
+    def sample_start(self, feats: dict[str, Any], cond: dict[str, Any]) -> torch.Tensor | None:
+        """Latent to start sampling from (``start='aux'``), given the image and the condition; ``None`` = noise."""
         return None
 
     @torch.no_grad()
     def sample(self, image: torch.Tensor, text: Any = None, *, steps: int | None = None, guidance: float | None = None,
                eta: float | None = None, generator: torch.Generator | None = None, return_trajectory: bool = False,
-               feats: dict[str, Any] | None = None) -> Any:
+               feats: dict[str, Any] | None = None, coords: torch.Tensor | None = None) -> Any:
         """One DDIM sample ẑ0 (and the per-step ẑ0 trajectory) for images (B, 1, D, H, W).
 
-        ``feats`` reuses ``image_features(image)`` (an ensemble computes them once).
+        ``feats`` reuses ``image_features(image, coords)`` (an ensemble computes them once).
         """
         image = self._check_image(image)
         cfg = self.dcfg
         steps = cfg.inference_steps if steps is None else steps
         scale = cfg.guidance_scale if guidance is None else float(guidance)
-        feats = self.image_features(image) if feats is None else feats
+        feats = self.image_features(image, coords) if feats is None else feats
         cond = uncond = None
         if self.text is None:
             cond = self.condition(feats, None)
@@ -277,7 +313,7 @@ class DiffusionSegmenter(Segmenter):
                 uncond = self.condition(feats, self.text.null(image.shape[0], image.device))
         shape = self.latent_shape(image)
         noise = torch.randn(shape, generator=generator, device="cpu").to(image.device)
-        start = self.sample_start(feats)
+        start = self.sample_start(feats, cond if cond is not None else uncond)
         return ddim_sample(self.guided_denoiser(cond, uncond, scale), noise, self.sample_scheduler, steps,
                            cfg.eta if eta is None else eta, generator, start=start,
                            start_timestep=cfg.start_timestep if start is not None else None,
@@ -290,13 +326,14 @@ class DiffusionSegmenter(Segmenter):
     @torch.no_grad()
     def predict(self, image: torch.Tensor, text: Any = None, *, steps: int | None = None, samples: int | None = None,
                 guidance: float | None = None, eta: float | None = None, generator: torch.Generator | None = None,
-                uncertainty: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                uncertainty: bool = False, coords: torch.Tensor | None = None,
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Mean class probabilities of S DDIM samples [+ voxel-wise uncertainty] (``ensemble_statistics``)."""
         image = self._check_image(image)
         samples = self.dcfg.samples if samples is None else samples
         if samples < 1:
             raise UserInputError(f"`samples` must be >= 1, got {samples}. Use 1, or e.g. 5 for an uncertainty map.")
-        feats, probs = self.image_features(image), []
+        feats, probs = self.image_features(image, coords), []
         for _ in range(samples):
             z = self.sample(image, text, steps=steps, guidance=guidance, eta=eta, generator=generator, feats=feats)
             probs.append(self.decode(z, feats["skip"]).softmax(dim=1))

@@ -42,6 +42,8 @@ from tdseg_lite.prompts import NULL_PROMPT, validate_prompt
 from tdseg_lite.utils import atomic_write_bytes, atomic_write_text, pick_device
 
 __all__ = [
+    "STRUCTURED",
+    "make_text_encoder",
     "CLINICAL_BERT",
     "OFFLINE_MINILM",
     "OFFLINE_MODELS",
@@ -74,6 +76,7 @@ class TextConfig:
     normalize_pooled: bool = False  # L2-normalise the pooled vector (sentence-transformers' Normalize)
     local_files_only: bool = False  # never download (also implied by HF_HUB_OFFLINE=1)
     batch_size: int = 32            # prompts per encoder forward when filling the cache
+    paraphrase: float = 0.5         # share of training descriptions rewritten in another phrasing (beyond the paper)
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -84,6 +87,9 @@ class TextConfig:
                               f"{self.max_length}. Use 64 for label + description prompts.")
         if self.batch_size < 1:
             raise ConfigError(f"`TextConfig.batch_size` must be >= 1, got {self.batch_size}. Use 32.")
+        if not 0.0 <= self.paraphrase <= 1.0:
+            raise ConfigError(f"`TextConfig.paraphrase` must be in [0, 1], got {self.paraphrase!r}. "
+                              "Use 0.5 (0: always the dataset's own phrasing).")
 
 
 @dataclass(frozen=True)
@@ -290,6 +296,21 @@ def load_text_model(cfg: TextConfig) -> tuple[Any, torch.nn.Module]:
                                  f"({_first_line(err2)}). {fix}") from None
     model.eval().requires_grad_(False)
     return tokenizer, model
+
+
+#: ``TextConfig.model`` of the diagnostic encoder that hands the parsed report facts to the model
+STRUCTURED = "structured"
+
+
+def make_text_encoder(cfg: TextConfig | None = None, **kwargs: Any) -> Any:
+    """The encoder ``cfg.model`` names: a ``TextEncoder``, or with ``model="structured"`` the diagnostic
+    ``reports.StructuredReportEncoder`` (the report's facts as two tokens, no language model)."""
+    cfg = cfg if cfg is not None else TextConfig()
+    if cfg.model == STRUCTURED:
+        from tdseg_lite.reports import StructuredReportEncoder
+
+        return StructuredReportEncoder()
+    return TextEncoder(cfg, **kwargs)
 
 
 class TextEncoder:

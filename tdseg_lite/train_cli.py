@@ -53,7 +53,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", default="", help="MSD-layout dataset folder (default: the phantom under ARTIFACTS)")
     parser.add_argument("--out", required=True, help="run folder (created; holds config, logs, checkpoints)")
     parser.add_argument("--preset", default="auto", help="smoke | cpu | full | auto (full on a GPU, else cpu)")
-    parser.add_argument("--model", default=None, choices=("textdiffseg", "unet", "pixel-diffusion"),
+    parser.add_argument("--model", default=None, choices=("textdiffseg", "unet", "text-unet", "pixel-diffusion"),
                         help="the model or a baseline (default textdiffseg)")
     parser.add_argument("--set", action="append", default=[], metavar="PART.FIELD=VALUE",
                         help=f"override a config field; parts: {', '.join(PARTS)} (repeatable)")

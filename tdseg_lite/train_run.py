@@ -140,10 +140,10 @@ class _Saver:
 
 def _build(plan: Mapping[str, Any], data: Mapping[str, Any]) -> torch.nn.Module:
     from tdseg_lite.model import build_model
-    from tdseg_lite.text import TextEncoder
+    from tdseg_lite.text import make_text_encoder
 
     spec = plan["spec"]
-    encoder = TextEncoder(spec.text) if spec.model.text_fusion and spec.model.model != "unet" else None
+    encoder = make_text_encoder(spec.text) if spec.model.text_fusion and spec.model.model != "unet" else None
     return build_model(spec, text_encoder=encoder, phrases=data["phrases"], patch_size=plan["data"].patch_size)
 
 

@@ -26,7 +26,8 @@ def inputs(batch: int = 2, length: int = 6, seed: int = 0) -> tuple[torch.Tensor
 
 def block(**overrides) -> CrossModalAttention3d:
     torch.manual_seed(0)
-    cfg = FusionConfig(**{"num_heads": 2, "head_dim": 4, "norm_groups": 4, "zero_init": False, **overrides})
+    cfg = FusionConfig(**{"num_heads": 2, "head_dim": 4, "norm_groups": 4, "zero_init": False, "positional": 0,
+                          **overrides})
     return CrossModalAttention3d(C, D, cfg)
 
 
@@ -204,3 +205,44 @@ def test_forward_errors(case: str, match: str) -> None:
     }[case]
     with pytest.raises(UserInputError, match=match):
         block()(*args)
+
+
+def test_fourier_features_shapes_and_values() -> None:
+    from tdseg_lite.positions import fourier_features, volume_coordinates
+
+    coords = volume_coordinates((3, 4, 5))
+    assert coords.shape == (3, 3, 4, 5)
+    assert float(coords[0, 0].min()) == -1.0 and float(coords[0, -1].max()) == 1.0
+    pe = fourier_features(coords[None], 2)
+    assert pe.shape == (1, 3 + 6 * 2, 3, 4, 5)
+    torch.testing.assert_close(pe[:, 3:6], torch.sin(torch.pi * coords[None]))
+    with pytest.raises(UserInputError, match="coords"):
+        fourier_features(coords[None, :2], 2)
+
+
+def test_positions_change_the_output_for_permuted_voxels() -> None:
+    """Without positions the attention is permutation-equivariant over voxels; with them it is not:
+    the same feature at another place gets another query (what lets "left" mean a place)."""
+    from tdseg_lite.positions import volume_coordinates
+
+    image, tokens, mask = inputs()
+    perm = torch.randperm(3 * 4 * 5, generator=torch.Generator().manual_seed(1))
+    shuffle = lambda x: x.flatten(2)[..., perm].reshape(x.shape)
+    positions = volume_coordinates((3, 4, 5))[None].expand(2, -1, -1, -1, -1)
+    with torch.no_grad():
+        plain = block()
+        torch.testing.assert_close(plain(shuffle(image), tokens, mask), shuffle(plain(image, tokens, mask)))
+        placed = block(positional=3)
+        moved = placed(shuffle(image), tokens, mask, positions=positions)
+        assert not torch.allclose(moved, shuffle(placed(image, tokens, mask, positions=positions)), atol=1e-4)
+        # moving the coordinates with the voxels restores equivariance: only where a voxel is matters
+        torch.testing.assert_close(placed(shuffle(image), tokens, mask, positions=shuffle(positions)),
+                                   shuffle(placed(image, tokens, mask, positions=positions)))
+
+
+def test_positions_must_match_the_grid() -> None:
+    image, tokens, mask = inputs()
+    with pytest.raises(UserInputError, match="positions"):
+        block(positional=2)(image, tokens, mask, positions=torch.zeros(2, 3, 2, 2, 2))
+    with pytest.raises(ConfigError, match="positional"):
+        FusionConfig(positional=-1)
