@@ -69,7 +69,8 @@ def quality(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         last = json.loads((run / "config.json").read_text())
         rows[model] = {"train_wall_s": train_s, "metrics": {k: metrics[k] for k in (
             "mean", "undefined", "mean_dice", "seconds_per_case", "steps", "samples", "uncertainty", "checkpoint")},
-            "max_minutes": last["max_minutes"], "steps_trained": trained_steps(run)}
+            "max_minutes": last["max_minutes"], "steps_trained": trained_steps(run),
+            "label_ae": last.get("label_ae")}  # {"source": "trained"|"reused", "seconds", ...}; None: no label AE
     return rows
 
 
@@ -176,6 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def label_ae_note(runs: dict[str, Any]) -> str:
+    """Which runs trained their label autoencoder inside the budget and which reused a cached one."""
+    parts = [f"{name} {r['label_ae']['source']} it in {r['label_ae']['seconds']:.0f} s"
+             for name, r in runs.items() if r.get("label_ae")]
+    return ("; ".join(parts) + " (trained: the AE steps count against the budget; reused: only the load time — "
+            "pass --set label_ae.reuse=false to train it inside every budget)") if parts else "none here"
+
+
 def write_quality(args: argparse.Namespace, out: Path, device: torch.device, results: Path) -> None:
     """Train/evaluate every model and write ``cli_quality.{json,md}``."""
     q = {**stamp(device, args.threads), "minutes": args.minutes, "preset": args.preset, "runs_dir": str(out),
@@ -196,7 +205,7 @@ def write_quality(args: argparse.Namespace, out: Path, device: torch.device, res
                      f"{r['metrics']['seconds_per_case']:.2f} | {unc} |")
     lines += ["", ("HD95 is averaged over the cases where it is defined (a class missing from the prediction or the "
               "label leaves it undefined; counts in the JSON). NSD = surface Dice at MONAI's class thresholds. "
-              "TextDiffSeg's budget includes its label-autoencoder phase.")]
+              "TextDiffSeg's budget includes its label-autoencoder phase: " + label_ae_note(q["runs"]) + ".")]
     write_report(results / "cli_quality", q, lines)
 
 

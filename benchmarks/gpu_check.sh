@@ -30,7 +30,7 @@ RUN=/tmp/gpu_run
 rm -rf "$RUN"
 start=$(date +%s)
 python -m tdseg_lite.cli train --out "$RUN" --preset full --quiet --max-minutes "${TRAIN_MIN:-2}" --set text.model=/tmp/tiny_bert \
-  --set train.val_every=200 --set train.val_max_cases=2 --set train.ae_steps=1000 2>&1 | tail -5
+  --set train.val_every=200 --set train.val_max_cases=2 --set label_ae.max_steps=1000 2>&1 | tail -5
 python -m tdseg_lite.cli train --out "$RUN" --resume --quiet --max-minutes "${RESUME_MIN:-2.5}" 2>&1 | tail -3
 echo "train+resume wall: $(( $(date +%s) - start )) s"
 cp "$RUN"/log.csv "$RUN"/val.csv "$RUN"/config.json "$RUN"/loss_curve.png "$OUT"/ 2>/dev/null || true

@@ -61,10 +61,10 @@ class LabelAEConfig:
     """Label autoencoder architecture and its pre-training (presets in ``PRESETS``)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "smoke": {"width": 16, "head_hidden": 0, "patch_size": (32, 32, 32), "max_steps": 300},
-        "cpu": {},
+        "smoke": {"width": 16, "head_hidden": 0, "patch_size": (32, 32, 32), "max_steps": 60},
+        "cpu": {"max_steps": 800},
         "full": {"width": 64, "num_res_units": 2, "head_hidden": 128, "batch_size": 8, "patch_size": (64, 64, 64),
-                 "max_steps": 8000},
+                 "max_steps": 5000},
     }
     num_classes: int = 3                      # N: label classes including background
     latent_channels: int = 32                 # k: channels of z_l (k ≪ N·f³ = 192 at N=3, f=4)
@@ -80,7 +80,8 @@ class LabelAEConfig:
     learning_rate: float = 1e-3               # Adam, cosine-decayed (6e-3 suits linear_path=False)
     batch_size: int = 4                       # label patches per step
     patch_size: tuple[int, int, int] | None = (48, 48, 48)  # training crops; None = whole volumes
-    max_steps: int = 3000                     # step budget (0: PCA initialisation only; time budget: argument)
+    max_steps: int = 3000                     # pre-training steps (0: PCA initialisation only; time budget: argument)
+    reuse: bool = True                        # tdseg train: load a cached AE for the same labels + config (label_cache.py)
 
     def __post_init__(self) -> None:
         for name in ("patch_size", "pca_class_weights"):

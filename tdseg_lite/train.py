@@ -47,9 +47,9 @@ class TrainConfig:
     """Optimiser, budget, AMP, logging and checkpoint settings (presets in ``PRESETS``)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "smoke": {"max_steps": 20, "log_every": 5, "val_every": 10, "ae_steps": 60, "val_max_cases": 1},
-        "cpu": {"max_steps": 3000, "val_every": 500, "ae_steps": 800},
-        "full": {"max_steps": 20000, "val_every": 1000, "ae_steps": 5000},
+        "smoke": {"max_steps": 20, "log_every": 5, "val_every": 10, "val_max_cases": 1},
+        "cpu": {"max_steps": 3000, "val_every": 500},
+        "full": {"max_steps": 20000, "val_every": 1000},
     }
     learning_rate: float = 1e-3            # peak AdamW learning rate
     weight_decay: float = 0.0              # AdamW weight decay
@@ -66,7 +66,6 @@ class TrainConfig:
     val_steps: int = 0                     # DDIM steps at validation (0: the model's inference_steps)
     val_samples: int = 1                   # samples per window at validation
     val_max_cases: int = 0                 # validation cases (0: all)
-    ae_steps: int = 2000                   # label-autoencoder pre-training steps (TextDiffSeg)
     seed: int = 0                          # seed of weights, data order and noise
     device: str = "auto"                   # "auto" -> CUDA if available, else CPU
 
@@ -82,8 +81,7 @@ class TrainConfig:
                   ("checkpoint_every", self.checkpoint_every >= 0, "must be >= 0", "Use 0 or e.g. 100."),
                   ("val_steps", self.val_steps >= 0, "must be >= 0", "Use 0 (model default) or e.g. 2."),
                   ("val_samples", self.val_samples >= 1, "must be >= 1", "Use 1."),
-                  ("val_max_cases", self.val_max_cases >= 0, "must be >= 0", "Use 0 (all) or e.g. 4."),
-                  ("ae_steps", self.ae_steps >= 0, "must be >= 0", "Use e.g. 2000."))
+                  ("val_max_cases", self.val_max_cases >= 0, "must be >= 0", "Use 0 (all) or e.g. 4."))
         for name, ok, rule, fix in checks:
             if not ok:
                 raise ConfigError(f"`TrainConfig.{name}` {rule}, got {getattr(self, name)!r}. {fix}")

@@ -45,7 +45,10 @@ __all__ = ["RunLog", "add_cli_arguments", "cli_main", "plan_from_dict", "plan_ru
 
 PARTS = ("data", "train", "model", "denoiser", "diffusion", "fusion", "image_encoder", "label_ae", "text")
 #: what may change on --resume without breaking the run (the budget and the logging cadence)
-RESUMABLE = ("train.max_steps", "train.log_every", "train.val_every", "train.checkpoint_every", "train.val_max_cases")
+RESUMABLE = ("train.max_steps", "train.log_every", "train.val_every", "train.checkpoint_every", "train.val_max_cases",
+             "label_ae.reuse")
+#: keys that were merged into another one: old -> the one to use (the old one is refused, naming the new)
+MOVED = {"train.ae_steps": "label_ae.max_steps"}
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +71,9 @@ def _route(sets: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {"data": {}, "train": {}, "spec": {}}
     for key, value in sets.items():
         part, _, field = key.partition(".")
+        if key in MOVED:
+            raise ConfigError(f"`--set {key}` was merged into `{MOVED[key]}` (one knob), got {key}={value!r}. "
+                              f"Write --set {MOVED[key]}={json.dumps(value)}.")
         if not field or part not in PARTS:
             near = difflib.get_close_matches(part, PARTS, n=1)
             hint = f"did you mean {near[0]}.{field or '...'}? " if near else ""
@@ -112,21 +118,22 @@ def plan_from_dict(d: Mapping[str, Any], sets: Mapping[str, Any]) -> dict[str, A
     from tdseg_lite.model import ModelSpec
     from tdseg_lite.train import TrainConfig
 
-    merged = json.loads(json.dumps({k: d[k] for k in ("data", "train", "spec")}))
+    _route(sets)  # unknown parts and merged keys get their message first
+    saved = json.loads(json.dumps({k: d[k] for k in ("data", "train", "spec")}))
+    saved["train"].pop("ae_steps", None)  # runs saved before the knob moved to label_ae.max_steps
+    merged = json.loads(json.dumps(saved))
     for key, value in sets.items():
         part, _, field = key.partition(".")
         if part in ("data", "train"):
             merged[part][field] = value
         elif part in PARTS and field:
             merged["spec"].setdefault(part, {})[field] = value
-        else:
-            _route({key: value})  # raises the unknown-part error with a suggestion
     plan = {"preset": d["preset"], "data": config_from_dict(DataConfig, merged["data"]),
             "train": config_from_dict(TrainConfig, merged["train"]), "spec": ModelSpec.from_dict(merged["spec"])}
     new, old = plan_to_dict(plan), plan_to_dict({"preset": d["preset"],
-                                                   "data": config_from_dict(DataConfig, d["data"]),
-                                                   "train": config_from_dict(TrainConfig, d["train"]),
-                                                   "spec": ModelSpec.from_dict(d["spec"])})
+                                                   "data": config_from_dict(DataConfig, saved["data"]),
+                                                   "train": config_from_dict(TrainConfig, saved["train"]),
+                                                   "spec": ModelSpec.from_dict(saved["spec"])})
     for key in sets:
         part, _, field = key.partition(".")
         get = (lambda p, part=part, field=field: p[part][field] if part in ("data", "train")

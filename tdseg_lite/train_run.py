@@ -1,8 +1,11 @@
 """The body of ``tdseg train`` (arguments in ``train_cli.py``): data, model, phases, checkpoints.
 
-A run has two phases. TextDiffSeg first pre-trains its label autoencoder (``train.ae_steps``
-steps on the training labels; the baselines skip it), saves a step-0 checkpoint, then trains
-everything else end to end with the joint loss. Both phases count against ``--max-minutes``.
+A run has two phases. TextDiffSeg first gets its pre-trained label autoencoder
+(``label_ae.max_steps`` steps on the training labels, or the cached one trained on the same labels
+with the same settings: ``label_cache.py``; ``--set label_ae.reuse=false`` always trains; the
+baselines skip the phase), saves a step-0 checkpoint, then trains everything else end to end with
+the joint loss. Both phases count against ``--max-minutes`` (a reused autoencoder counts its load
+time); ``config.json["label_ae"]`` says whether it was trained or reused and what it cost.
 ``--resume`` loads ``last.pt`` and continues the joint phase exactly: model, optimiser, LR
 scheduler, GradScaler, every RNG, the step and the number of batches consumed (the data order).
 A run killed during the AE phase starts that phase again.
@@ -105,14 +108,6 @@ def make_val_fn(data: Mapping[str, Any], plan: Mapping[str, Any], info: DistInfo
     return val_fn
 
 
-def _label_volumes(data: Mapping[str, Any], plan: Mapping[str, Any]) -> list[torch.Tensor]:
-    """Whole training label volumes at the preset spacing (the AE phase's data), (X, Y, Z) uint8."""
-    from tdseg_lite.data import val_transforms
-
-    tf = val_transforms(plan["data"])
-    return [tf(item)["label"][0].as_tensor().to(torch.uint8) for item in data["train"].data]
-
-
 class _Saver:
     """``on_checkpoint`` of the trainer: rank 0 writes last.pt (and best.pt when validation improved)."""
 
@@ -171,17 +166,31 @@ def load_trained(run: str | Path, which: str = "best", device: str | torch.devic
     return model.to(device).eval(), plan, state
 
 
-def _pretrain_phase(net: torch.nn.Module, data: Mapping[str, Any], plan: Mapping[str, Any], info: DistInfo) -> float:
-    """TextDiffSeg's label-AE phase (``train.ae_steps``) on rank 0, then broadcast; returns its seconds."""
-    tcfg = plan["train"]
-    if not hasattr(net, "label_ae") or not tcfg.ae_steps:
-        return 0.0
-    start = time.perf_counter()
+def _pretrain_phase(net: torch.nn.Module, data: Mapping[str, Any], plan: Mapping[str, Any],
+                    info: DistInfo) -> tuple[float, dict[str, Any] | None]:
+    """TextDiffSeg's label-AE phase on rank 0 (cached or trained: ``label_cache``), then broadcast.
+
+    Returns:
+        ``(seconds of the phase on this rank, config.json's "label_ae" entry or None without an AE)``.
+    """
+    from tdseg_lite.label_cache import pretrain_label_autoencoder, training_label_volumes
+    from tdseg_lite.model import TextDiffSeg
+
+    if not isinstance(net, TextDiffSeg):
+        return 0.0, None
+    start, summary = time.perf_counter(), None
     if info.is_main:
-        hist = net.pretrain(_label_volumes(data, plan), max_steps=tcfg.ae_steps, seed=tcfg.seed)
-        print(f"label AE: {hist.get('steps', 0)} steps in {hist.get('train_seconds', 0):.0f} s", file=sys.stderr)
+        volumes = training_label_volumes(plan["data"], data["train"].data)
+        res = pretrain_label_autoencoder(net.label_ae, volumes, seed=plan["train"].seed)
+        summary = res.summary()
+        what = (f"reused {res.path}" if res.reused else
+                f"trained {res.steps} steps" + (f", cached in {res.path}" if res.path else ""))
+        print(f"label AE: {what} ({res.seconds:.1f} s)", file=sys.stderr)
     broadcast_module(net, info)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if summary is not None:
+        summary["phase_seconds"] = round(seconds, 3)
+    return seconds, summary
 
 
 def _report(history: Mapping[str, Any], best: Mapping[str, Any], out: Path) -> None:
@@ -215,13 +224,16 @@ def train_run(out: Path, *, data_dir: str = "", preset: str = "smoke", model: st
         seed_everything(tcfg.seed)
         data = _prepare_data(plan, data_dir, out, info)
         net = _build(plan, data)
+        ae_seconds, ae_summary = _pretrain_phase(net, data, plan, info) if state is None else (0.0, None)
+        if state is None:
+            seed_everything(tcfg.seed)  # the joint phase starts alike whether the AE was trained or reused
         config = {"plan": plan_to_dict(plan), "data_dir": str(data["root"]) if data_dir else "",
                   "labels": {str(k): v for k, v in data["labels"].items()}, "phrases": data["phrases"],
                   "max_minutes": max_minutes, "world_size": info.world, "command": " ".join(sys.argv),
+                  "label_ae": ae_summary if state is None else state["config"].get("label_ae"),
                   "versions": versions()}
         if info.is_main:
             atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
-        ae_seconds = _pretrain_phase(net, data, plan, info) if state is None else 0.0
         trainer = Trainer(net, tcfg, info=info, max_seconds=max_minutes * 60 if max_minutes else None)
         saver = _Saver(out, config, info, state.get("best") if state else None)
         if state is not None:

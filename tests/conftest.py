@@ -59,6 +59,15 @@ def write_msd_dataset(root: Path, n_cases: int = 3, shape: tuple[int, int, int] 
     return root
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _label_ae_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Every ``tdseg train`` of the session caches its label autoencoder in a temp folder, never ~/.cache."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("TDSEG_CACHE", str(tmp_path_factory.mktemp("tdseg_cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture
 def msd_dataset(tmp_path: Path) -> Callable[..., Path]:
     """Factory: ``msd_dataset(n_cases=3, shape=(40, 40, 24), affine=RAS_AFFINE, name="ds", **dataset_json)``."""
@@ -86,7 +95,7 @@ def tiny_unet_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
            "TRANSFORMERS_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "tdseg_lite.cli", "train", "--data", str(data), "--out", str(root / "run"),
            "--preset", "smoke", "--device", "cpu", "--quiet", "--model", "unet", "--set", "train.max_steps=2",
-           "--set", "train.ae_steps=5", "--set", "train.val_max_cases=1"]
+           "--set", "label_ae.max_steps=5", "--set", "train.val_max_cases=1"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return root / "run", data

@@ -30,7 +30,7 @@ from tdseg_lite.config import ConfigError
 from tdseg_lite.train import NonFiniteLossError, TrainConfig, Trainer, amp_setup
 
 # every `tdseg train` in this file: tiny TextDiffSeg, 1 thread, a step-only budget
-FAST = ["--preset", "smoke", "--device", "cpu", "--quiet", "--set", "train.ae_steps=5", "--set", "train.val_max_cases=1",
+FAST = ["--preset", "smoke", "--device", "cpu", "--quiet", "--set", "label_ae.max_steps=5", "--set", "train.val_max_cases=1",
         "--set", "train.val_steps=1", "--set", "train.warmup_steps=2"]
 
 
