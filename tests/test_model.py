@@ -31,7 +31,8 @@ TINY = {"denoiser.channels": (8, 16, 16), "denoiser.norm_num_groups": 4, "denois
         "unet_channels": (4, 8, 16), "unet_strides": (2, 2), "unet_res_units": 1,
         "pixel_channels": (4, 8, 8), "pixel_attention_levels": (False, False, True), "skip_width": 4,
         "diffusion.inference_steps": 3}
-MODELS = ("textdiffseg", "unet", "pixel-diffusion")
+MODELS = ("textdiffseg", "unet", "text-unet", "pixel-diffusion")
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -178,6 +179,7 @@ def test_spec_routes_dotted_keys_and_round_trips() -> None:
     ({"decoder.eta": 1}, "must start with one of"),
     ({"diffusion.etaa": 1}, "did you mean 'eta'"),
     ({"model": "vnet"}, "must be one of"),
+    ({"fusion.positional": 9}, "positional"),
     ({"num_classes": 1}, "num_classes"),
     ({"unet_strides": (2,)}, "unet_strides"),
     ({"skip_kernel": 2}, "skip_kernel"),
@@ -199,3 +201,60 @@ def test_call_errors() -> None:
     with pytest.raises(ConfigError, match="num_classes"):
         TextDiffSeg(spec, LabelAutoencoder(LabelAEConfig(num_classes=2, width=8, latent_channels=4)), None, PATCH)
     assert ModelConfig().model == "textdiffseg"
+
+
+@pytest.mark.parametrize("name", ["textdiffseg", "text-unet"])
+def test_the_prompt_reaches_the_prediction(name: str) -> None:
+    """A changed prompt changes the output (fusion not zero-initialised, so no training is needed)."""
+    model = make(name, **{"fusion.zero_init": False, "diffusion.text_dropout": 0.0}).eval()
+    image = fixed_batch()["image"][:1]
+    kw = {"steps": 2, "samples": 1, "generator": torch.Generator().manual_seed(0)} if name == "textdiffseg" else {}
+    left = model.predict(image, "A 3 cm tumour in the left kidney; the right kidney is normal.", **kw)
+    kw = {**kw, "generator": torch.Generator().manual_seed(0)} if kw else kw
+    right = model.predict(image, "A 3 cm tumour in the right kidney; the left kidney is normal.", **kw)
+    assert float((left - right).abs().max()) > 1e-4
+
+
+def test_text_unet_is_the_unet_at_initialisation() -> None:
+    """The fusion at the bottleneck starts as the identity (W_o = 0): same weights, same output."""
+    plain, text = make("unet"), make("text-unet")
+    source = plain.state_dict()
+    mapped = {k: source[k.replace(".bottom.", ".")] for k in text.state_dict() if k.replace(".bottom.", ".") in source}
+    missing = text.load_state_dict(mapped, strict=False).missing_keys
+    assert missing and all("fusion" in k or k.startswith("bottleneck.") for k in missing), missing
+    image = fixed_batch()["image"]
+    torch.testing.assert_close(text.eval().predict(image, "any report"), plain.eval().predict(image))
+
+
+def test_coordinates_are_an_input() -> None:
+    from tdseg_lite.positions import volume_coordinates
+
+    model = make("unet").eval()
+    assert model.uses_coordinates and model.net.model[0].conv.unit0.conv.in_channels == 4
+    image = fixed_batch()["image"]
+    whole = volume_coordinates(PATCH)[None].expand(2, -1, -1, -1, -1)
+    torch.testing.assert_close(model.predict(image), model.predict(image, coords=whole))
+    assert not torch.allclose(model.predict(image), model.predict(image, coords=whole.flip(2)))
+    with pytest.raises(UserInputError, match="coords"):
+        model.predict(image, coords=whole[:, :2])
+    assert not make("unet", coordinates=False).uses_coordinates
+
+
+def test_text_dropout_rate_is_honoured() -> None:
+    text = TextConditioner(StubTextEncoder(), ["kidney", "kidney tumor"])
+    emb = text.embed(["a b c"] * 4000, 4000, "cpu")
+    dropped = text.drop(emb, 0.3, torch.Generator().manual_seed(0))
+    null = text.null(1, "cpu").tokens[0]
+    share = float((dropped.tokens == null).flatten(1).all(dim=1).float().mean())
+    assert abs(share - 0.3) < 0.03, share
+
+
+def test_training_prompts_are_paraphrased_with_the_same_facts() -> None:
+    from tdseg_lite.reports import parse_report
+
+    desc = "A 3.4 cm tumour in the lower pole of the left kidney; the right kidney is normal."
+    text = TextConditioner(StubTextEncoder(), ["kidney", "kidney tumor"], paraphrase=1.0)
+    torch.manual_seed(0)
+    prompts = text.prompts([desc] * 50, train=True)
+    assert len(set(prompts)) > 3 and all(parse_report(p) == parse_report(desc) for p in prompts)
+    assert text.prompts([desc], train=False)[0].endswith(desc)
