@@ -34,7 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tdseg_lite.errors import UserInputError
+from tdseg_lite.errors import ConfigError
 
 __all__ = [
     "PRESET_NAMES",
@@ -52,10 +52,6 @@ __all__ = [
 PRESET_NAMES: tuple[str, ...] = ("smoke", "cpu", "full")
 
 C = TypeVar("C")
-
-
-class ConfigError(UserInputError):
-    """A configuration value or key that breaks a rule; the message says which and how to fix it."""
 
 
 def resolve_preset(name: str | None = None) -> str:
@@ -97,12 +93,11 @@ def _coerce(cls: type, key: str, value: Any, annotation: Any) -> Any:
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         if value is None and type(None) in args:
             return None
-        errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(cls, key, value, arg)
-            except ConfigError as err:
-                errors.append(str(err))
+            except ConfigError:
+                continue
         raise ConfigError(f"`{where}` got {value!r}, which matches none of {annotation}.")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):

@@ -39,8 +39,7 @@ import torch
 from monai import transforms as mt
 from monai.data import CacheDataset, DataLoader
 
-from tdseg_lite.config import ConfigError
-from tdseg_lite.errors import UserInputError
+from tdseg_lite.errors import UserInputError, require
 from tdseg_lite.positions import COORD_KEY, AddCoordinates
 from tdseg_lite.utils import artifacts_dir, atomic_write_text
 from tdseg_lite.validate import parse_section, read_dataset_json, validate_dataset
@@ -103,32 +102,28 @@ class DataConfig:
     def __post_init__(self) -> None:
         for name in ("spacing", "patch_size", "flip_axes"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        _rule("spacing", self.spacing, len(self.spacing) == 3 and all(v > 0 for v in self.spacing),
-              "must be 3 positive voxel sizes in mm", "Use e.g. (1.5, 1.5, 2.0).")
-        _rule("a_min", (self.a_min, self.a_max), self.a_min < self.a_max,
-              "must be below a_max (the HU window a_min..a_max)", "Use e.g. a_min=-175, a_max=250.")
-        _rule("patch_size", self.patch_size, len(self.patch_size) == 3
-              and all(p > 0 and p % 16 == 0 for p in self.patch_size),
-              "must be 3 positive sizes divisible by 16 (the networks halve it 4 times)", "Use e.g. (64, 64, 64).")
-        _rule("flip_axes", self.flip_axes, all(a in (0, 1, 2) for a in self.flip_axes)
-              and len(set(self.flip_axes)) == len(self.flip_axes), "must be distinct axes among 0, 1, 2",
-              "Use e.g. (1, 2).")
+        require(len(self.spacing) == 3 and all(v > 0 for v in self.spacing), "DataConfig.spacing",
+                "must be 3 positive voxel sizes in mm", self.spacing, "Use e.g. (1.5, 1.5, 2.0).")
+        require(self.a_min < self.a_max, "DataConfig.a_min", "must be below a_max (the HU window a_min..a_max)",
+                (self.a_min, self.a_max), "Use e.g. a_min=-175, a_max=250.")
+        require(len(self.patch_size) == 3 and all(p > 0 and p % 16 == 0 for p in self.patch_size),
+                "DataConfig.patch_size", "must be 3 positive sizes divisible by 16 (the networks halve it 4 times)",
+                self.patch_size, "Use e.g. (64, 64, 64).")
+        require(all(a in (0, 1, 2) for a in self.flip_axes) and len(set(self.flip_axes)) == len(self.flip_axes),
+                "DataConfig.flip_axes", "must be distinct axes among 0, 1, 2", self.flip_axes, "Use e.g. (1, 2).")
         for name in ("foreground_margin", "num_workers", "rotate_deg", "scale_range", "intensity_shift"):
-            _rule(name, getattr(self, name), getattr(self, name) >= 0, "must be >= 0", "Use 0 to disable it.")
+            require(getattr(self, name) >= 0, f"DataConfig.{name}", "must be >= 0",
+                    getattr(self, name), "Use 0 to disable it.")
         for name in ("num_samples", "batch_size", "phantom_cases"):
-            _rule(name, getattr(self, name), getattr(self, name) >= 1, "must be >= 1", "Use e.g. 2.")
+            require(getattr(self, name) >= 1, f"DataConfig.{name}", "must be >= 1",
+                    getattr(self, name), "Use e.g. 2.")
         for name in ("pos_fraction", "flip_prob", "affine_prob", "intensity_prob", "cache_rate"):
-            _rule(name, getattr(self, name), 0.0 <= getattr(self, name) <= 1.0, "must be in [0, 1]", "Use e.g. 0.5.")
-        _rule("val_fraction", self.val_fraction, 0.0 <= self.val_fraction < 1.0, "must be in [0, 1)",
-              "Use e.g. 0.2 (0 = no validation cases).")
-        _rule("phantom_task", self.phantom_task, bool(self.phantom_task), "must be a non-empty task name",
-              "Use 'kidney', 'pancreas' or 'multiorgan'.")
-
-
-def _rule(name: str, value: Any, ok: bool, rule: str, fix: str) -> None:
-    """Raise ``ConfigError`` "`DataConfig.<name>` <rule>, got <value>. <fix>" unless ``ok``."""
-    if not ok:
-        raise ConfigError(f"`DataConfig.{name}` {rule}, got {value!r}. {fix}")
+            require(0.0 <= getattr(self, name) <= 1.0, f"DataConfig.{name}", "must be in [0, 1]",
+                    getattr(self, name), "Use e.g. 0.5.")
+        require(0.0 <= self.val_fraction < 1.0, "DataConfig.val_fraction", "must be in [0, 1)",
+                self.val_fraction, "Use e.g. 0.2 (0 = no validation cases).")
+        require(bool(self.phantom_task), "DataConfig.phantom_task", "must be a non-empty task name",
+                self.phantom_task, "Use 'kidney', 'pancreas' or 'multiorgan'.")
 
 
 def load_datalist(data_dir: str | os.PathLike[str], section: str = "training") -> list[dict[str, str]]:

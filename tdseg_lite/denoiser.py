@@ -34,7 +34,7 @@ from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
 
 from tdseg_lite.config import ConfigError
-from tdseg_lite.errors import UserInputError
+from tdseg_lite.errors import UserInputError, require
 
 __all__ = ["ConditionalDenoiser", "DenoiserConfig", "TextFiLMUNet", "attention_tokens"]
 
@@ -64,21 +64,17 @@ class DenoiserConfig:
     def __post_init__(self) -> None:
         for name in ("channels", "attention_levels"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        if not self.channels or any(c < 1 for c in self.channels):
-            _fail("channels", "must be a non-empty tuple of positive widths", self.channels, "Use e.g. (32, 64, 64).")
-        if len(self.attention_levels) != len(self.channels):
-            _fail("attention_levels", f"must have one entry per level ({len(self.channels)})", self.attention_levels,
-                  "Use e.g. (False, True, True) for channels (32, 64, 64).")
-        if self.norm_num_groups < 1 or any(c % self.norm_num_groups for c in self.channels):
-            _fail("norm_num_groups", f"must divide every width of channels={self.channels}", self.norm_num_groups,
-                  "Use e.g. 8 or 16.")
+        require(self.channels and all(c >= 1 for c in self.channels), "DenoiserConfig.channels",
+                "must be a non-empty tuple of positive widths", self.channels, "Use e.g. (32, 64, 64).")
+        require(len(self.attention_levels) == len(self.channels), "DenoiserConfig.attention_levels",
+                f"must have one entry per level ({len(self.channels)})", self.attention_levels,
+                "Use e.g. (False, True, True) for channels (32, 64, 64).")
+        require(self.norm_num_groups >= 1 and not any(c % self.norm_num_groups for c in self.channels),
+                "DenoiserConfig.norm_num_groups", f"must divide every width of channels={self.channels}",
+                self.norm_num_groups, "Use e.g. 8 or 16.")
         for name in ("num_res_blocks", "num_head_channels", "max_attention_tokens"):
-            if getattr(self, name) < 1:
-                _fail(name, "must be >= 1", getattr(self, name), f"Use e.g. {getattr(DenoiserConfig, name)}.")
-
-
-def _fail(name: str, rule: str, value: Any, fix: str) -> None:
-    raise ConfigError(f"`DenoiserConfig.{name}` {rule}, got {value!r}. {fix}")
+            require(getattr(self, name) >= 1, f"DenoiserConfig.{name}", "must be >= 1",
+                    getattr(self, name), f"Use e.g. {getattr(DenoiserConfig, name)}.")
 
 
 def attention_tokens(grid: Sequence[int], levels: int) -> list[int]:

@@ -29,8 +29,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from tdseg_lite.config import ConfigError
-from tdseg_lite.errors import UserInputError
+from tdseg_lite.errors import UserInputError, require
 
 __all__ = [
     "DiffusionConfig",
@@ -75,29 +74,24 @@ class DiffusionConfig:
     decode_fraction: float = 0.5           # share of the batch decoded for the pixel losses (throughput)
 
     def __post_init__(self) -> None:
-        if self.num_train_timesteps < 2:
-            _fail("num_train_timesteps", "must be >= 2", self.num_train_timesteps, "Use 1000.")
-        if not 1 <= self.inference_steps <= self.num_train_timesteps:
-            _fail("inference_steps", f"must be in [1, num_train_timesteps={self.num_train_timesteps}]",
-                  self.inference_steps, "Use e.g. 10.")
-        if not 0 <= self.start_timestep < self.num_train_timesteps:
-            _fail("start_timestep", f"must be in [0, {self.num_train_timesteps})", self.start_timestep, "Use e.g. 500.")
-        if not 0.0 < self.beta_start < self.beta_end < 1.0:
-            _fail("beta_start", "must satisfy 0 < beta_start < beta_end < 1", (self.beta_start, self.beta_end),
-                  "Use beta_start=0.0015, beta_end=0.0195.")
+        require(self.num_train_timesteps >= 2, "DiffusionConfig.num_train_timesteps", "must be >= 2",
+                self.num_train_timesteps, "Use 1000.")
+        require(1 <= self.inference_steps <= self.num_train_timesteps, "DiffusionConfig.inference_steps",
+                f"must be in [1, num_train_timesteps={self.num_train_timesteps}]", self.inference_steps, "Use e.g. 10.")
+        require(0 <= self.start_timestep < self.num_train_timesteps, "DiffusionConfig.start_timestep",
+                f"must be in [0, {self.num_train_timesteps})", self.start_timestep, "Use e.g. 500.")
+        require(0.0 < self.beta_start < self.beta_end < 1.0, "DiffusionConfig.beta_start",
+                "must satisfy 0 < beta_start < beta_end < 1", (self.beta_start, self.beta_end),
+                "Use beta_start=0.0015, beta_end=0.0195.")
         for name in ("eta", "dice_weight", "ce_weight", "mse_weight", "aux_weight", "aux_latent_weight"):
-            if getattr(self, name) < 0:
-                _fail(name, "must be >= 0", getattr(self, name), "Use 0 to switch the term off.")
-        if not 0.0 <= self.text_dropout < 1.0:
-            _fail("text_dropout", "must be in [0, 1)", self.text_dropout, "Use e.g. 0.1 (0: no guidance training).")
-        if not 0.0 < self.decode_fraction <= 1.0:
-            _fail("decode_fraction", "must be in (0, 1]", self.decode_fraction, "Use 1.0 or e.g. 0.5.")
-        if self.samples < 1:
-            _fail("samples", "must be >= 1", self.samples, "Use 1, or e.g. 5 for an uncertainty map.")
-
-
-def _fail(name: str, rule: str, value: Any, fix: str) -> None:
-    raise ConfigError(f"`DiffusionConfig.{name}` {rule}, got {value!r}. {fix}")
+            require(getattr(self, name) >= 0, f"DiffusionConfig.{name}", "must be >= 0",
+                    getattr(self, name), "Use 0 to switch the term off.")
+        require(0.0 <= self.text_dropout < 1.0, "DiffusionConfig.text_dropout", "must be in [0, 1)",
+                self.text_dropout, "Use e.g. 0.1 (0: no guidance training).")
+        require(0.0 < self.decode_fraction <= 1.0, "DiffusionConfig.decode_fraction", "must be in (0, 1]",
+                self.decode_fraction, "Use 1.0 or e.g. 0.5.")
+        require(self.samples >= 1, "DiffusionConfig.samples", "must be >= 1",
+                self.samples, "Use 1, or e.g. 5 for an uncertainty map.")
 
 
 def make_scheduler(cfg: DiffusionConfig, kind: Literal["ddpm", "ddim"] = "ddim") -> Any:

@@ -45,7 +45,7 @@ from monai.networks.utils import one_hot, pixelshuffle, pixelunshuffle
 from torch import nn
 
 from tdseg_lite.config import ConfigError, config_from_dict, config_to_dict
-from tdseg_lite.errors import UserInputError
+from tdseg_lite.errors import UserInputError, require
 
 __all__ = [
     "LabelAEConfig", "LabelAutoencoder", "SubpixelHead", "latent_scale_factor", "load_label_autoencoder",
@@ -88,27 +88,27 @@ class LabelAEConfig:
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
         w = self.pca_class_weights
-        _rule("pca_class_weights", w, w is None or (len(w) == self.num_classes and min(w) > 0),
-              f"must be None or num_classes={self.num_classes} positive weights", "Use e.g. (1, 1, 2) or None.")
+        require(w is None or (len(w) == self.num_classes and min(w) > 0), "LabelAEConfig.pca_class_weights",
+                f"must be None or num_classes={self.num_classes} positive weights", w, "Use e.g. (1, 1, 2) or None.")
         f = self.downsample_factor
         for name in ("num_classes", "latent_channels", "downsample_factor", "width", "batch_size"):
-            _rule(name, getattr(self, name), getattr(self, name) >= 1, "must be >= 1", "Use e.g. the default.")
-        _rule("num_classes", self.num_classes, self.num_classes >= 2, "must be >= 2 (background + 1 class)",
-              "Use e.g. 3 for background, kidney, tumour.")
+            require(getattr(self, name) >= 1, f"LabelAEConfig.{name}", "must be >= 1",
+                    getattr(self, name), "Use e.g. the default.")
+        require(self.num_classes >= 2, "LabelAEConfig.num_classes", "must be >= 2 (background + 1 class)",
+                self.num_classes, "Use e.g. 3 for background, kidney, tumour.")
         for name in ("num_res_units", "head_hidden", "max_steps"):
-            _rule(name, getattr(self, name), getattr(self, name) >= 0, "must be >= 0", "Use 0 to disable it.")
-        _rule("latent_noise", self.latent_noise, self.latent_noise >= 0, "must be >= 0", "Use e.g. 0.1.")
-        _rule("linear_lr_scale", self.linear_lr_scale, self.linear_lr_scale >= 0, "must be >= 0", "Use 0 (frozen).")
-        _rule("learning_rate", self.learning_rate, self.learning_rate > 0, "must be > 0", "Use e.g. 1e-3.")
+            require(getattr(self, name) >= 0, f"LabelAEConfig.{name}", "must be >= 0",
+                    getattr(self, name), "Use 0 to disable it.")
+        require(self.latent_noise >= 0, "LabelAEConfig.latent_noise", "must be >= 0",
+                self.latent_noise, "Use e.g. 0.1.")
+        require(self.linear_lr_scale >= 0, "LabelAEConfig.linear_lr_scale", "must be >= 0",
+                self.linear_lr_scale, "Use 0 (frozen).")
+        require(self.learning_rate > 0, "LabelAEConfig.learning_rate", "must be > 0",
+                self.learning_rate, "Use e.g. 1e-3.")
         if self.patch_size is not None:
             ok = len(self.patch_size) == 3 and all(p > 0 and p % f == 0 for p in self.patch_size)
-            _rule("patch_size", self.patch_size, ok, f"must be 3 positive sizes divisible by downsample_factor={f}",
-                  f"Use e.g. ({12 * f}, {12 * f}, {12 * f}) or None for whole volumes.")
-
-
-def _rule(name: str, value: Any, ok: bool, rule: str, fix: str) -> None:
-    if not ok:
-        raise ConfigError(f"`LabelAEConfig.{name}` {rule}, got {value!r}. {fix}")
+            require(ok, "LabelAEConfig.patch_size", f"must be 3 positive sizes divisible by downsample_factor={f}",
+                    self.patch_size, f"Use e.g. ({12 * f}, {12 * f}, {12 * f}) or None for whole volumes.")
 
 
 def _conv(cin: int, cout: int, kernel: int = 3, act: bool = True, **kw: Any) -> Convolution:

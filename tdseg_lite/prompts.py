@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tdseg_lite.errors import UserInputError
+from tdseg_lite.errors import UserInputError, require
 
 __all__ = [
     "KNOWN_DATASETS",
@@ -54,40 +54,31 @@ _ARTICLE = re.compile(r"\b([Aa]) \{label\}")
 _BACKGROUND = {"background", "bg", "none", "clear label"}
 
 
-def _fail(arg: str, rule: str, value: Any, fix: str) -> UserInputError:
-    """An error following the project template "`<arg>` <rule>, got <value>. <fix>"."""
-    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
-    return UserInputError(f"`{arg}` {rule}, got {shown}. {fix}")
-
-
 def validate_prompt(text: Any, arg: str = "prompt") -> str:
     """Return ``text`` stripped of outer whitespace if it is a usable prompt.
 
     Raises:
         UserInputError: ``text`` is not a string, or is empty / whitespace only.
     """
-    if not isinstance(text, str):
-        raise _fail(arg, f"must be a string, not {type(text).__name__}", text,
-                    "Pass the prompt as text, e.g. 'A computerized tomography of a kidney.'")
+    require(isinstance(text, str), arg, f"must be a string, not {type(text).__name__}",
+            text, "Pass the prompt as text, e.g. 'A computerized tomography of a kidney.'", UserInputError)
     stripped = text.strip()
-    if not stripped:
-        raise _fail(arg, "must contain text", text,
-                    "Pass a description such as 'A computerized tomography of a kidney.' "
-                    "(the empty prompt is reserved: use TextEncoder.null_embedding()).")
+    require(stripped, arg, "must contain text", text,
+            "Pass a description such as 'A computerized tomography of a kidney.' "
+            "(the empty prompt is reserved: use TextEncoder.null_embedding()).", UserInputError)
     return stripped
 
 
 def validate_template(template: Any) -> str:
     """Check that ``template`` is a string with exactly one ``{label}`` field and no other field."""
-    if not isinstance(template, str):
-        raise _fail("template", "must be a string", template, f"Use e.g. {TEMPLATE!r}.")
+    require(isinstance(template, str), "template", "must be a string",
+            template, f"Use e.g. {TEMPLATE!r}.", UserInputError)
     try:
         fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError:
         fields = ["<unbalanced braces>"]
-    if fields != ["label"]:
-        raise _fail("template", "must contain exactly one '{label}' field and no other", template,
-                    f"Use e.g. {TEMPLATE!r}; write literal braces as '{{{{' and '}}}}'.")
+    require(fields == ["label"], "template", "must contain exactly one '{label}' field and no other",
+            template, f"Use e.g. {TEMPLATE!r}; write literal braces as '{{{{' and '}}}}'.", UserInputError)
     return template
 
 
@@ -103,9 +94,8 @@ def label_phrase(name: Any) -> str:
 
 def join_phrases(phrases: Sequence[str]) -> str:
     """``["a"]`` -> ``"a"``; ``["a", "b"]`` -> ``"a and b"``; ``["a", "b", "c"]`` -> ``"a, b and c"``."""
-    if isinstance(phrases, str) or not phrases:
-        raise _fail("phrases", "must be a non-empty list of strings", phrases,
-                    "Pass e.g. ['kidney', 'kidney tumor'].")
+    require(phrases and not isinstance(phrases, str), "phrases", "must be a non-empty list of strings",
+            phrases, "Pass e.g. ['kidney', 'kidney tumor'].", UserInputError)
     items = [validate_prompt(p, arg="phrases[]") for p in phrases]
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
@@ -212,12 +202,11 @@ KNOWN_DATASETS: dict[str, DatasetPrompts] = {
 def dataset_prompts(name: str) -> DatasetPrompts:
     """The ``DatasetPrompts`` of a known dataset; unknown names get the nearest suggestion."""
     key = str(name).strip().lower().replace("-", "_").replace(" ", "_")
-    if key in KNOWN_DATASETS:
-        return KNOWN_DATASETS[key]
     near = difflib.get_close_matches(key, list(KNOWN_DATASETS), n=1)
-    hint = f"Did you mean {near[0]!r}? " if near else ""
-    raise _fail("dataset", f"must be one of {sorted(KNOWN_DATASETS)}", name,
-                f"{hint}For another MSD-layout dataset use phrases_from_labels(dataset_json['labels']).")
+    hint = f"Did you mean {near[0]!r}? " if near and key not in KNOWN_DATASETS else ""
+    require(key in KNOWN_DATASETS, "dataset", f"must be one of {sorted(KNOWN_DATASETS)}", name,
+            f"{hint}For another MSD-layout dataset use phrases_from_labels(dataset_json['labels']).", UserInputError)
+    return KNOWN_DATASETS[key]
 
 
 def phrases_from_labels(labels: Mapping[Any, Any]) -> dict[int, str]:
@@ -229,22 +218,21 @@ def phrases_from_labels(labels: Mapping[Any, Any]) -> dict[int, str]:
     Returns:
         ``{1: "kidney", 2: "tumor"}``: background (class 0 or a background name) dropped.
     """
-    if not isinstance(labels, Mapping) or not labels:
-        raise _fail("labels", "must be a non-empty mapping of class index to name", labels,
-                    'Use the dataset.json form {"0": "background", "1": "kidney"}.')
+    require(isinstance(labels, Mapping) and labels, "labels", "must be a non-empty mapping of class index to name",
+            labels, 'Use the dataset.json form {"0": "background", "1": "kidney"}.', UserInputError)
     out: dict[int, str] = {}
     for key, name in labels.items():
         try:
-            index = int(key)
+            index: int | None = int(key)
         except (TypeError, ValueError):
-            raise _fail("labels", "keys must be class indices", key,
-                        'Use the dataset.json form {"0": "background", "1": "kidney"}.') from None
+            index = None
+        require(index is not None, "labels", "keys must be class indices", key,
+                'Use the dataset.json form {"0": "background", "1": "kidney"}.', UserInputError)
         phrase = label_phrase(name)
         if index != 0 and phrase.lower() not in _BACKGROUND:
             out[index] = phrase
-    if not out:
-        raise _fail("labels", "must name at least one foreground class", dict(labels),
-                    'Add e.g. "1": "kidney" to the labels of dataset.json.')
+    require(out, "labels", "must name at least one foreground class",
+            dict(labels), 'Add e.g. "1": "kidney" to the labels of dataset.json.', UserInputError)
     return dict(sorted(out.items()))
 
 
@@ -254,9 +242,9 @@ def case_prompts(dataset_json: Mapping[str, Any], split: str = "training", templ
     A dataset whose label names equal those of a ``KNOWN_DATASETS`` entry uses its curated
     phrases ("cancer" -> "pancreas tumor"); any other dataset uses ``phrases_from_labels``.
     """
-    if not isinstance(dataset_json, Mapping) or "labels" not in dataset_json:
-        raise _fail("dataset_json", "must be a dataset.json mapping with a 'labels' field",
-                    type(dataset_json).__name__, "Load it with json.load(open('DATASET/dataset.json')).")
+    require(isinstance(dataset_json, Mapping) and "labels" in dataset_json, "dataset_json",
+            "must be a dataset.json mapping with a 'labels' field", type(dataset_json).__name__,
+            "Load it with json.load(open('DATASET/dataset.json')).", UserInputError)
     phrases = list(phrases_from_labels(dataset_json["labels"]).values())
     for known in KNOWN_DATASETS.values():
         if [label_phrase(x) for x in known.labels] == phrases:
