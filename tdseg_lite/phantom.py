@@ -17,6 +17,8 @@ Determinism: case ``i`` is drawn from ``SeedSequence([seed, i])`` only, so the s
 byte-identical files and a case does not depend on ``num_cases``, ``workers`` or the task's
 tumour draw (anatomy, tumours and noise use separate streams).
 
+``tdseg phantom --labels-from DIR`` paints real kidney label maps instead (``phantom_labels``).
+
 Explained in ``notebooks/00_setup_and_data.ipynb``.
 """
 
@@ -322,15 +324,18 @@ def add_cli_arguments(parser: Any) -> None:
     """Arguments of ``tdseg phantom`` (values are checked in ``cli_main`` for one-line errors)."""
     add = parser.add_argument
     add("--out", required=True, metavar="DIR", help="output folder (new, empty, or an earlier phantom)")
-    add("--cases", default="40", metavar="N", help="number of cases (default 40)")
-    add("--seed", default="0", metavar="S", help="random seed (default 0)")
-    add("--task", default="kidney", metavar="{kidney,pancreas,multiorgan}",
+    add("--cases", default=None, metavar="N", help="number of cases (default 40)")
+    add("--seed", default=None, metavar="S", help="random seed (default 0)")
+    add("--task", default=None, metavar="{kidney,pancreas,multiorgan}",
         help="label set: KiTS19-like, MSD-pancreas-like or a BTCV subset (default kidney)")
     add("--tumour-fraction", default=None, metavar="F", help="P(tumour) per kidney/pancreas in [0, 1] "
         "(default 0.5; multiorgan 0)")
     add("--anisotropic", action="store_true", help="per case: other in-plane spacing, 1.4-2x thicker slices")
-    add("--orientation", default="RAS", metavar="CODE", help="array axis directions, e.g. RAS (default), LPS, IPL")
+    add("--orientation", default=None, metavar="CODE", help="array axis directions, e.g. RAS (default), LPS, IPL")
     add("--workers", default="2", metavar="W", help="processes (default 2; the files do not depend on it)")
+    add("--labels-from", default=None, metavar="DIR", help="paint real kidney label maps (0/1/2, KiTS19 "
+        "case_XXXXX/segmentation.nii.gz, MSD labelsTr/ or *.nii.gz) instead of generating anatomy")
+    add("--max-cases", default=None, metavar="N", help="with --labels-from: the first N label maps (default all)")
 
 
 def _number(flag: str, value: str | None, kind: type, example: str) -> Any:
@@ -344,14 +349,26 @@ def _number(flag: str, value: str | None, kind: type, example: str) -> Any:
 
 
 def cli_main(args: Any) -> int:
-    """``tdseg phantom``: write the dataset, print a one-line summary; bad input -> UserInputError."""
+    """``tdseg phantom``: write the dataset, print a one-line summary; bad input -> UserInputError.
+
+    With ``--labels-from`` the cases are real label maps painted by ``phantom_labels``.
+    """
     workers = _number("--workers", args.workers, int, "2")
     if workers < 1:
         raise UserInputError(f"`--workers` must be >= 1, got {workers}. Pass e.g. --workers 2.")
+    if getattr(args, "labels_from", None) is not None:
+        from tdseg_lite.phantom_labels import cli_labels
+
+        return cli_labels(args, _number)
+    if getattr(args, "max_cases", None) is not None:
+        raise UserInputError(f"`--max-cases` applies only with --labels-from, got {args.max_cases!r}. "
+                             "Use --cases N for the synthetic phantom.")
     cfg = PhantomConfig(
-        task=args.task, num_cases=_number("--cases", args.cases, int, "40"), seed=_number("--seed", args.seed, int, "0"),
+        task="kidney" if args.task is None else args.task,
+        num_cases=_number("--cases", "40" if args.cases is None else args.cases, int, "40"),
+        seed=_number("--seed", "0" if args.seed is None else args.seed, int, "0"),
         tumour_fraction=_number("--tumour-fraction", args.tumour_fraction, float, "0.5"),
-        anisotropic=bool(args.anisotropic), orientation=args.orientation,
+        anisotropic=bool(args.anisotropic), orientation="RAS" if args.orientation is None else args.orientation,
     )
     out = Path(args.out)
     _check_target(out, "--out")

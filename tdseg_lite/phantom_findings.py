@@ -13,6 +13,9 @@ the description is *measured* on the final maps, never copied from the random dr
   body (30-70 %) or tail;
 * multi-organ volumes in mL inside the scanned field.
 
+The kidney rules live in ``kidney_tumour_finding``, which ``phantom_labels_paint`` also applies to
+real label maps (where a side without kidney gives an ``"absent"`` finding: "the left kidney is not seen").
+
 World frame: NIfTI RAS+ mm (``+x`` patient Right, ``+y`` Anterior, ``+z`` Superior).
 """
 
@@ -33,7 +36,9 @@ from tdseg_lite.phantom_anatomy import (
 )
 from tdseg_lite.phantom_organs import Anatomy
 
-__all__ = ["add_tumours", "describe", "measure_findings"]
+__all__ = [
+    "add_tumours", "describe", "equivalent_diameter_cm", "kidney_pole", "kidney_tumour_finding", "measure_findings",
+]
 
 KIDNEY_TUMOUR_MM = (10.0, 50.0)    # equivalent diameters drawn uniformly
 PANCREAS_TUMOUR_MM = (12.0, 40.0)
@@ -104,12 +109,44 @@ def add_tumours(anat: Anatomy, rng: np.random.Generator, task: str, fraction: fl
     return out
 
 
-def _kidney_location(anat: Anatomy, mask: np.ndarray, host_mask: np.ndarray) -> str:
-    zs = anat.canvas.grid.zs
-    z_all = zs[np.nonzero(host_mask.any(axis=(0, 1)))[0]]
-    zc = float(zs[np.nonzero(mask)[2]].mean())
-    f = (zc - z_all.min()) / max(float(z_all.max() - z_all.min()), 1e-6)
+def kidney_pole(z_tumour: np.ndarray, z_host: np.ndarray) -> str:
+    """Where the tumour centroid lies along its kidney's cranio-caudal extent (world ``z``, mm).
+
+    Args:
+        z_tumour: world z of the tumour's voxels.
+        z_host: world z of the kidney's voxels, tumour included.
+
+    Returns:
+        "upper pole" (upper third), "lower pole" (lower third) or "interpolar region".
+    """
+    lo, hi = float(z_host.min()), float(z_host.max())
+    f = (float(z_tumour.mean()) - lo) / max(hi - lo, 1e-6)
     return "upper pole" if f > 2 / 3 else "lower pole" if f < 1 / 3 else "interpolar region"
+
+
+def equivalent_diameter_cm(volume_ml: float) -> float:
+    """Diameter (cm, 1 decimal) of the sphere of ``volume_ml``: ``d = (6 V / pi)^(1/3)``."""
+    return round((6 * volume_ml * 1000 / np.pi) ** (1 / 3) / 10, 1)
+
+
+def kidney_tumour_finding(host: str, voxels: int, voxel_ml: float, z_tumour: np.ndarray, z_host: np.ndarray,
+                          outside: int, necrosis: int) -> dict[str, Any]:
+    """The measured facts of one kidney tumour (the rules of the module docstring).
+
+    Args:
+        host: "right kidney" or "left kidney" (decided in world coordinates by the caller).
+        voxels: the tumour's voxel count; ``voxel_ml`` the volume of one voxel.
+        z_tumour, z_host: world z (mm) of the tumour's voxels and of its kidney's, tumour included.
+        outside: tumour voxels outside the kidney outline (exophytic when > 30 %).
+        necrosis: necrosis voxels inside the tumour (necrotic when >= 2).
+
+    Returns:
+        ``{"organ", "kind": "tumour", "size_cm", "location", "volume_ml", "exophytic", "necrotic"}``.
+    """
+    vol = voxels * voxel_ml
+    return {"organ": host, "kind": "tumour", "size_cm": equivalent_diameter_cm(vol),
+            "location": kidney_pole(z_tumour, z_host), "volume_ml": round(vol, 1),
+            "exophytic": float(outside) / voxels > 0.3, "necrotic": bool(necrosis >= 2)}
 
 
 def _pancreas_location(anat: Anatomy, mask: np.ndarray) -> str:
@@ -135,16 +172,18 @@ def measure_findings(anat: Anatomy, tumours: dict[int, str], task: str) -> list[
         n = int(mask.sum())
         if n == 0:
             continue
-        vol = n * ml
         if host == "pancreas":
-            loc = _pancreas_location(anat, mask)
-            exo = False
-        else:
-            loc = _kidney_location(anat, mask, (cv.organ == O[host]) | mask)
-            exo = float((mask & ~anat.kidney_masks[host]).sum()) / n > 0.3
-        out.append({"organ": host, "kind": "tumour", "size_cm": round((6 * vol * 1000 / np.pi) ** (1 / 3) / 10, 1),
-                    "location": loc, "volume_ml": round(vol, 1), "exophytic": exo,
-                    "necrotic": bool(((cv.tissue == T["necrosis"]) & mask).sum() >= 2)})
+            vol = n * ml
+            out.append({"organ": host, "kind": "tumour", "size_cm": equivalent_diameter_cm(vol),
+                        "location": _pancreas_location(anat, mask), "volume_ml": round(vol, 1), "exophytic": False,
+                        "necrotic": bool(((cv.tissue == T["necrosis"]) & mask).sum() >= 2)})
+            continue
+        zs = cv.grid.zs
+        host_mask = (cv.organ == O[host]) | mask
+        out.append(kidney_tumour_finding(
+            host, n, ml, zs[np.nonzero(mask)[2]], zs[np.nonzero(host_mask)[2]],
+            outside=int((mask & ~anat.kidney_masks[host]).sum()),
+            necrosis=int(((cv.tissue == T["necrosis"]) & mask).sum())))
     if task == "multiorgan":
         for organ in ("liver", "spleen", "right kidney", "left kidney", "gallbladder", "pancreas", "stomach"):
             mask = cv.organ == O[organ]
@@ -169,14 +208,18 @@ def describe(findings: list[dict[str, Any]], task: str) -> str:
     """One or two sentences that state exactly the measured ``findings``."""
     tumours = [f for f in findings if f["kind"] == "tumour"]
     parts = [_tumour_phrase(f) for f in tumours]
-    text = " and ".join(parts)
+    text = ", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 2 else " and ".join(parts)
     text = text[:1].upper() + text[1:]
     if task == "kidney":
         sick = {f["organ"] for f in tumours}
+        absent = [f["organ"] for f in findings if f["kind"] == "absent"]  # real label maps: no kidney on a side
+        healthy = [k for k in ("right kidney", "left kidney") if k not in sick and k not in absent]
+        gone = "".join(f"; the {k} is not seen" for k in absent)
         if not sick:
+            if absent:
+                return f"The {healthy[0]} is normal; no renal tumour{gone}." if healthy else "No kidney seen."
             return "Both kidneys are normal; no renal tumour."
-        healthy = [k for k in ("right kidney", "left kidney") if k not in sick]
-        return text + (f"; the {healthy[0]} is normal." if healthy else ".")
+        return text + (f"; the {healthy[0]} is normal" if healthy else "") + gone + "."
     if task == "pancreas":
         return text + "." if tumours else "No pancreatic mass; the pancreas is normal."
     volumes = {f["organ"]: f for f in findings if f["kind"] == "volume"}

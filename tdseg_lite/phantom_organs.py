@@ -13,6 +13,7 @@ to the aorta and left kidney, head on the right of the midline, tail at the sple
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,7 +29,7 @@ from tdseg_lite.phantom_anatomy import (
     smooth_field,
 )
 
-__all__ = ["Anatomy", "build_anatomy"]
+__all__ = ["Anatomy", "build_anatomy", "build_surroundings"]
 
 RIGHT, LEFT = 1.0, -1.0  # sign of world x on the patient's right / left side
 
@@ -297,6 +298,46 @@ def _paint_kidneys(cv: Canvas, rng: np.random.Generator, L: dict[str, float], an
         cv.paint(box, painted & sinus, T["fat"], O[name])
         cv.paint(box, painted & pelvis, T["fluid"], O[name])
         anat.kidney_masks[name] = cv.full_mask(box, envelope)
+
+
+def _paint_lung_bases(cv: Canvas, L: dict[str, float]) -> None:
+    """Above the diaphragm (``z > L["z_dome"]``) the cavity holds the air-filled lung bases
+    (bowel-gas HU); the liver, painted afterwards, bulges into them as the diaphragm's dome."""
+    cv.paint((slice(None),) * 3, cv.cavity & (cv.coords[2] > L["z_dome"]), T["bowel gas"])
+
+
+def build_surroundings(grid: Grid, rng: np.random.Generator,
+                       fit: Callable[[dict[str, float], np.random.Generator], dict[str, float]]) -> Anatomy:
+    """Paint the abdomen of ``build_anatomy`` without kidneys, fitted around kidneys that come from
+    elsewhere (real label maps, ``phantom_labels_paint``).
+
+    Args:
+        grid: the canonical (RAS) grid, in millimetres relative to the body's midline.
+        rng: the case's anatomy random generator.
+        fit: gets the random landmarks (``_landmarks``: cavity half-width ``a_in``, half-depths
+            ``b_ant``/``b_post``, centre ``cx``/``cy``/``cz``, wall and fat thickness, spine) and
+            returns them adjusted so that the cavity holds the given kidneys; an added ``z_dome``
+            puts the lung bases above that height.
+
+    Returns:
+        ``Anatomy`` whose canvas holds every structure but the kidneys; ``facts`` holds the
+        landmarks used.
+    """
+    L = fit(_landmarks(rng, grid), rng)
+    warp = tuple(np.float32(_u(rng, 2.0, 4.0)) * smooth_field(rng, grid, 50.0) for _ in range(3))
+    cv = Canvas(grid, warp)
+    anat = Anatomy(cv)
+    _paint_body(cv, rng, L)
+    _paint_bowel(cv, rng, L)
+    _paint_psoas(cv, rng, L)
+    _paint_spine(cv, rng, L)
+    if "z_dome" in L:
+        _paint_lung_bases(cv, L)
+    anat.facts.update(_paint_vessels(cv, rng, L))
+    _paint_upper(cv, rng, L, anat)
+    _paint_pancreas(cv, rng, L, anat)
+    anat.facts.update(L)
+    return anat
 
 
 def build_anatomy(grid: Grid, rng: np.random.Generator) -> Anatomy:

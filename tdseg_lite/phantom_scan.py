@@ -1,7 +1,9 @@
 """The "scanner" of the CT phantom: tissue map -> HU image, label sets, orientation and affine.
 
 * ``render``: per-case tissue means drawn inside ``HU_RANGES``, a smooth texture, a mean per
-  tumour, Gaussian partial-volume blur, correlated Gaussian noise, clipping to [-1024, 3071].
+  tumour, Gaussian partial-volume blur, correlated Gaussian noise, clipping to [-1024, 3071]. Its
+  steps (``tissue_means``, ``texture_sd``, ``tumour_offsets``, ``partial_volume``, ``noise_gain``)
+  also paint real label maps (``phantom_labels_paint``).
 * ``label_map``: organ map -> KiTS19 / MSD pancreas / BTCV-subset labels (``LABEL_SETS``).
 * ``reorient`` / ``affine_for``: the canonical RAS arrays -> any axis order such as ``"LPS"`` or
   ``"IPL"``, with the NIfTI affine (voxel index -> RAS+ mm) that keeps world positions.
@@ -25,7 +27,10 @@ from tdseg_lite.phantom_anatomy import (
     smooth_field,
 )
 
-__all__ = ["LABEL_SETS", "affine_for", "case_grid", "hu_statistics", "label_map", "render", "reorient"]
+__all__ = [
+    "LABEL_SETS", "affine_for", "case_grid", "hu_statistics", "label_map", "noise_gain", "partial_volume", "render",
+    "reorient", "texture_sd", "tissue_means", "tumour_offsets",
+]
 
 #: task -> label id -> name. kidney: KiTS19; pancreas: MSD Task07; multiorgan: BTCV names of
 #: the organs the phantom models, renumbered 1..9 in BTCV order (BTCV ids 1,2,3,4,6,7,8,9,11).
@@ -73,6 +78,49 @@ def affine_for(grid: Grid, code: str) -> np.ndarray:
     return aff
 
 
+def tissue_means(rng: np.random.Generator) -> np.ndarray:
+    """One case's mean HU per tissue id, drawn from the middle half of each ``HU_RANGES`` entry
+    (air fixed at -1000 HU, bowel gas in [-1000, -960])."""
+    base = np.array([rng.uniform(lo + (hi - lo) / 4, hi - (hi - lo) / 4) for lo, hi in HU_RANGES.values()])
+    base[T["air"]], base[T["bowel gas"]] = -1000.0, rng.uniform(-1000.0, -960.0)
+    return base
+
+
+def texture_sd() -> np.ndarray:
+    """SD (HU) of the smooth texture per tissue id (``TEXTURE_HU``, 0 for the others)."""
+    return np.array([TEXTURE_HU.get(name, 0.0) for name in TISSUES], np.float32)
+
+
+def tumour_offsets(tumours: dict[int, str], base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(256,) HU added to each tumour id's voxels: its own mean inside the host's tumour range."""
+    offset = np.zeros(256, np.float32)
+    for tid, host in sorted(tumours.items()):
+        kind = "pancreas tumour" if host == "pancreas" else "kidney tumour"
+        lo, hi = HU_RANGES[kind]
+        margin = (hi - lo) / (8 if kind == "kidney tumour" else 4)  # kidney tumours vary widely
+        offset[tid] = rng.uniform(lo + margin, hi - margin) - base[T[kind]]
+    return offset
+
+
+def partial_volume(img: np.ndarray, spacing: tuple[float, ...], blur_mm: float) -> np.ndarray:
+    """Gaussian partial-volume blur of SD ``blur_mm`` (mm) on a grid of ``spacing`` (mm)."""
+    from scipy import ndimage
+
+    if blur_mm <= 0:
+        return img
+    return ndimage.gaussian_filter(img, [blur_mm / s for s in spacing], mode="nearest", truncate=3.0)
+
+
+#: SD (voxels) of the Gaussian that correlates the noise, and the voxels it reaches.
+NOISE_SIGMA, NOISE_REACH = 0.6, 2
+
+
+def noise_gain(rng: np.random.Generator, noise_hu: float) -> float:
+    """Factor that gives white noise smoothed by ``NOISE_SIGMA`` the case's SD (``noise_hu`` +-15 %)."""
+    k = np.exp(-0.5 * (np.arange(-NOISE_REACH, NOISE_REACH + 1) / NOISE_SIGMA) ** 2)
+    return noise_hu * rng.uniform(0.85, 1.15) / float(np.sqrt(((k / k.sum()) ** 2).sum()) ** 3)
+
+
 def render(tissue: np.ndarray, organ: np.ndarray, grid: Grid, tumours: dict[int, str], rng: np.random.Generator,
            noise_hu: float, blur_mm: float) -> np.ndarray:
     """HU image from the tissue and organ maps.
@@ -91,23 +139,14 @@ def render(tissue: np.ndarray, organ: np.ndarray, grid: Grid, tumours: dict[int,
     """
     from scipy import ndimage
 
-    base = np.array([rng.uniform(lo + (hi - lo) / 4, hi - (hi - lo) / 4) for lo, hi in HU_RANGES.values()])
-    base[T["air"]], base[T["bowel gas"]] = -1000.0, rng.uniform(-1000.0, -960.0)
-    tex = np.array([TEXTURE_HU.get(name, 0.0) for name in TISSUES], np.float32)
-    img = base.astype(np.float32)[tissue] + tex[tissue] * smooth_field(rng, grid, 7.0)
-    offset = np.zeros(256, np.float32)
-    for tid, host in sorted(tumours.items()):
-        kind = "pancreas tumour" if host == "pancreas" else "kidney tumour"
-        lo, hi = HU_RANGES[kind]
-        margin = (hi - lo) / (8 if kind == "kidney tumour" else 4)  # kidney tumours vary widely
-        offset[tid] = rng.uniform(lo + margin, hi - margin) - base[T[kind]]
+    base = tissue_means(rng)
+    img = base.astype(np.float32)[tissue] + texture_sd()[tissue] * smooth_field(rng, grid, 7.0)
+    offset = tumour_offsets(tumours, base, rng)
     lesion = np.isin(tissue, (T["kidney tumour"], T["pancreas tumour"]))
     img[lesion] += offset[organ[lesion]]
-    if blur_mm > 0:
-        img = ndimage.gaussian_filter(img, [blur_mm / s for s in grid.spacing], mode="nearest", truncate=3.0)
-    noise = ndimage.gaussian_filter(rng.standard_normal(grid.shape, dtype=np.float32), 0.6, truncate=3.0)
-    k = np.exp(-0.5 * (np.arange(-2, 3) / 0.6) ** 2)
-    gain = noise_hu * rng.uniform(0.85, 1.15) / float(np.sqrt(((k / k.sum()) ** 2).sum()) ** 3)
+    img = partial_volume(img, grid.spacing, blur_mm)
+    noise = ndimage.gaussian_filter(rng.standard_normal(grid.shape, dtype=np.float32), NOISE_SIGMA, truncate=3.0)
+    gain = noise_gain(rng, noise_hu)
     return np.clip(img + np.float32(gain) * noise, -1024.0, 3071.0).astype(np.float32)
 
 
