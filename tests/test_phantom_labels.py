@@ -279,3 +279,14 @@ def test_out_must_be_new_empty_or_our_own(tmp_path) -> None:
     with pytest.raises(UserInputError, match=r"`--out` must lie outside `--labels-from`"):
         build_from_labels(src, src / "painted")
     assert (tmp_path / "busy" / "notes.txt").read_text() == "mine" and not (src / "painted").exists()
+
+
+def test_workers_and_max_cases_do_not_change_a_case(tmp_path) -> None:
+    save(tmp_path / "src" / "a.nii.gz", *kidney_map("LPS"))
+    save(tmp_path / "src" / "b.nii.gz", *kidney_map("IPL", tumour="right"))
+    one = build_from_labels(tmp_path / "src", tmp_path / "one", seed=1, workers=1)
+    two = build_from_labels(tmp_path / "src", tmp_path / "two", seed=1, workers=2)
+    first = build_from_labels(tmp_path / "src", tmp_path / "first", seed=1, max_cases=1)
+    for name in ("a.nii.gz", "b.nii.gz"):
+        assert (one / "imagesTr" / name).read_bytes() == (two / "imagesTr" / name).read_bytes()
+    assert (one / "imagesTr" / "a.nii.gz").read_bytes() == (first / "imagesTr" / "a.nii.gz").read_bytes()
