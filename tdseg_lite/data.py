@@ -16,7 +16,8 @@ and spacing into a RAS volume at ``cfg.spacing``::
 
 Training first gives every voxel its normalised position in the whole volume (``coords``,
 ``positions.AddCoordinates``, made per sample, not cached), then ``RandCropByPosNegLabeld``
-(``num_samples`` patches per volume, a share ``pos_fraction`` centred on foreground), flips and a
+(``num_samples`` patches per volume, centred on each class in equal shares, or a share
+``pos_fraction`` on foreground with ``crop_centres="foreground"``), flips and a
 small ``RandAffined`` (image, label and coords together) and ``RandShiftIntensityd`` (image only). Both chains end in ``EnsureTyped``: image ``float32 (C, X, Y, Z)``,
 label ``int64 (1, X, Y, Z)`` class indices. MetaTensors keep the affine and the list of applied
 operations, so ``make_inverter`` maps a prediction back onto the original image grid.
@@ -33,7 +34,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from monai import transforms as mt
@@ -80,7 +81,8 @@ class DataConfig:
     body_threshold_hu: float = -500.0          # CropForegroundd keeps the box of voxels above this (body)
     foreground_margin: int = 8                 # voxels kept around the body box
     patch_size: Int3 = (64, 64, 64)            # training crop (X, Y, Z) in voxels, divisible by 16
-    pos_fraction: float = 0.5                  # share of crops centred on a foreground voxel
+    crop_centres: Literal["classes", "foreground"] = "classes"  # classes: centres drawn per class in equal shares
+    pos_fraction: float = 0.5                  # "foreground": share of crops centred on a foreground voxel
     num_samples: int = 2                       # crops per volume per epoch (batch = batch_size * this)
     augment: bool = True                       # master switch for the random flips/affine/intensity
     flip_prob: float = 0.1                     # per-axis flip probability
@@ -244,8 +246,14 @@ def _to_types(keys: tuple[str, ...]) -> list[Any]:
     return out
 
 
-def train_transforms(cfg: DataConfig) -> mt.Compose:
+def train_transforms(cfg: DataConfig, num_classes: int | None = None) -> mt.Compose:
     """Preprocessing + ``num_samples`` random patches per volume + augmentation.
+
+    Args:
+        cfg: data settings.
+        num_classes: N (background included); with ``cfg.crop_centres == "classes"`` the crop centres
+            are drawn per class in equal shares (``RandCropByLabelClassesd``), so a rare class such
+            as a tumour is sampled as often as the organ; ``None`` falls back to foreground/background.
 
     Returns:
         A ``Compose`` mapping ``{"image": path, "label": path, ...}`` to a list of ``num_samples``
@@ -254,11 +262,16 @@ def train_transforms(cfg: DataConfig) -> mt.Compose:
         (``positions.volume_coordinates``).
     """
     keys = ("image", "label", COORD_KEY)  # the coordinates are cropped and warped with the image
+    if cfg.crop_centres == "classes" and num_classes:  # a tumour voxel is a centre as often as a kidney voxel
+        crop = mt.RandCropByLabelClassesd(keys=keys, label_key="label", spatial_size=cfg.patch_size,
+                                          num_classes=num_classes, num_samples=cfg.num_samples, warn=False)
+    else:
+        crop = mt.RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=cfg.patch_size,
+                                         pos=cfg.pos_fraction, neg=1.0 - cfg.pos_fraction,
+                                         num_samples=cfg.num_samples, image_key="image", image_threshold=0.0)
     chain = _preprocess(cfg, keys[:2]) + [
         AddCoordinates(),  # (3, X, Y, Z) in [-1, 1] of the whole volume, before the crop (positions.py)
-        mt.RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=cfg.patch_size,
-                                  pos=cfg.pos_fraction, neg=1.0 - cfg.pos_fraction,
-                                  num_samples=cfg.num_samples, image_key="image", image_threshold=0.0),
+        crop,
     ]
     if cfg.augment:
         chain += [mt.RandFlipd(keys=keys, prob=cfg.flip_prob, spatial_axis=a) for a in cfg.flip_axes if cfg.flip_prob]
@@ -315,7 +328,8 @@ def make_datasets(cfg: DataConfig, data_dir: str | os.PathLike[str], splits_path
     by_id = {e["case_id"]: e for e in load_datalist(data_dir)}
     splits = ensure_splits(data_dir, cfg.val_fraction, cfg.split_seed, path=splits_path)
     kwargs = {"cache_rate": cfg.cache_rate, "num_workers": cfg.num_workers, "progress": progress}
-    train_ds = CacheDataset([by_id[c] for c in splits["train"]], train_transforms(cfg), **kwargs)
+    train_ds = CacheDataset([by_id[c] for c in splits["train"]], train_transforms(cfg, len(load_labels(data_dir))),
+                            **kwargs)
     val_ds = CacheDataset([by_id[c] for c in splits["val"]], val_transforms(cfg), **kwargs)
     return train_ds, val_ds
 

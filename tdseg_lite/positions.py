@@ -30,7 +30,7 @@ import torch
 
 from tdseg_lite.errors import UserInputError
 
-__all__ = ["AddCoordinates", "COORD_KEY", "fourier_features", "volume_coordinates"]
+__all__ = ["COORD_KEY", "AddCoordinates", "fourier_features", "volume_coordinates"]
 
 #: the batch key of the coordinates (3, X, Y, Z) of a training patch
 COORD_KEY = "coords"

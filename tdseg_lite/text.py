@@ -42,17 +42,17 @@ from tdseg_lite.prompts import NULL_PROMPT, validate_prompt
 from tdseg_lite.utils import atomic_write_bytes, atomic_write_text, pick_device
 
 __all__ = [
-    "STRUCTURED",
-    "make_text_encoder",
     "CLINICAL_BERT",
     "OFFLINE_MINILM",
     "OFFLINE_MODELS",
+    "STRUCTURED",
     "CacheStats",
     "TextConfig",
     "TextEmbedding",
     "TextEncoder",
     "cosine_similarity",
     "load_text_model",
+    "make_text_encoder",
     "masked_mean",
     "model_cache_key",
     "resolve_model_source",
