@@ -186,11 +186,11 @@ def run_model(name: str, args: argparse.Namespace, data: dict[str, Any], encoder
 def summary_line(r: dict[str, Any]) -> str:
     m = r["metrics"]
     parts = [f"iters {r['train_steps']} (+{r['pretrain_steps']} AE)", "Dice " + " / ".join(
-        f"{m['dice'][c]:.3f}" for c in CLASSES), f"{m['seconds_per_case']:.2f} s/case"]
+        f"{m['mean']['dice'][c]:.3f}" for c in CLASSES), f"{m['seconds_per_case']:.2f} s/case"]
     if "aux_head" in r:
-        parts.append("aux " + " / ".join(f"{r['aux_head']['dice'][c]:.3f}" for c in CLASSES))
+        parts.append("aux " + " / ".join(f"{r['aux_head']['mean']['dice'][c]:.3f}" for c in CLASSES))
     if "one_step" in r:
-        parts.append("1-step " + " / ".join(f"{r['one_step']['dice'][c]:.3f}" for c in CLASSES))
+        parts.append("1-step " + " / ".join(f"{r['one_step']['mean']['dice'][c]:.3f}" for c in CLASSES))
     if "ceiling" in r:
         plain = " / ".join(f"{r['ceiling']['ae'][c]:.3f}" for c in CLASSES)
         skip = " / ".join(f"{r['ceiling']['ae_skip'][c]:.3f}" for c in CLASSES)
@@ -210,7 +210,7 @@ def markdown(report: dict[str, Any]) -> str:
              "|---|---|---|---|---|---|---|"]
 
     def row(label: str, it: str, m: dict[str, Any]) -> str:
-        d, h, u = m["dice"], m["hd95"], m["hd95_undefined"]
+        d, h, u = m["mean"]["dice"], m["mean"]["hd95_mm"], m["undefined"]["hd95_mm"]
         return (f"| {label} | {it} | {d['kidney']:.3f} | {d['tumor']:.3f} | {h['kidney']:.1f} | {h['tumor']:.1f} "
                 f"({u['tumor']}) | {m['seconds_per_case']:.2f} |")
 

@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         steps, samples = (int(v) for v in item.split("x"))
         r = evaluate(model, data["val_loader"], roi_size=dcfg.patch_size, spacing=dcfg.spacing, class_names=CLASSES,
                      steps=steps, samples=samples, generator=torch.Generator().manual_seed(args.seed))
-        rows.append({"steps": steps, "samples": samples, "dice": r["dice"], "hd95": r["hd95"],
-                     "hd95_undefined": r["hd95_undefined"], "seconds_per_case": r["seconds_per_case"]})
+        rows.append({"steps": steps, "samples": samples, "dice": r["mean"]["dice"], "hd95": r["mean"]["hd95_mm"],
+                     "hd95_undefined": r["undefined"]["hd95_mm"], "seconds_per_case": r["seconds_per_case"]})
         print(json.dumps(rows[-1]), flush=True)
     report = {**stamp(torch.device("cpu"), args.threads), "model": args.model, "n_val": data["n_val"],
               "rows": rows}

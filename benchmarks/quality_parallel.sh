@@ -21,7 +21,6 @@ CONFIGS=(
   "textdiffseg|textdiffseg|"
   "no-text|textdiffseg|--set model.text_fusion=false"
   "no-image-features|textdiffseg|--set model.image_features=false"
-  "no-label-encoder|textdiffseg|--set model.label_encoder=false --samples 1"
   "pixel-diffusion|pixel-diffusion|"
   "no-aux-condition|textdiffseg|--set model.aux_condition=false --set model.aux_residual=false"
 )
@@ -49,9 +48,10 @@ lines = ["| configuration | iters (AE) | Dice kidney | Dice tumour | HD95 kidney
 for f in sorted(out.glob("q_*.json")):
     r = json.loads(f.read_text())["runs"][0]
     m, aux = r["metrics"], r.get("aux_head")
-    a = f"{aux['dice']['kidney']:.3f} / {aux['dice']['tumor']:.3f}" if aux else "–"
-    lines.append(f"| {f.stem[2:]} | {r['train_steps']} ({r['pretrain_steps']}) | {m['dice']['kidney']:.3f} | "
-                 f"{m['dice']['tumor']:.3f} | {m['hd95']['kidney']:.1f} | {m['hd95']['tumor']:.1f} | "
+    a = f"{aux['mean']['dice']['kidney']:.3f} / {aux['mean']['dice']['tumor']:.3f}" if aux else "–"
+    d, h = m["mean"]["dice"], m["mean"]["hd95_mm"]
+    lines.append(f"| {f.stem[2:]} | {r['train_steps']} ({r['pretrain_steps']}) | {d['kidney']:.3f} | "
+                 f"{d['tumor']:.3f} | {h['kidney']:.1f} | {h['tumor']:.1f} | "
                  f"{m['seconds_per_case']:.2f} | {a} |")
 (out / "summary.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))

@@ -4,7 +4,7 @@ A checkpoint is one ``torch.save`` d dict of tensors, numbers, strings, lists an
 loads with ``torch.load(weights_only=True)`` (no pickled code runs on load)::
 
     {"format": 1, "config": {...}, "model": state_dict, "optimizer": ..., "lr_scheduler": ...,
-     "grad_scaler": ..., "rng": rng_state(), "step": int, "batches": int, "phase": "joint",
+     "grad_scaler": ..., "rng": rng_state(), "step": int, "batches": int,
      "best": {"metric", "value", "step"}, "elapsed_s": float, "versions": {...}}
 
 ``save_checkpoint`` writes to a temporary file in the same folder, fsyncs it and renames it

@@ -1,12 +1,12 @@
-"""The ``tdseg`` command (DESIGN §6).
+"""The ``tdseg`` command.
 
 Each sub-command lives in the module that owns its stage. That module defines two functions::
 
     def add_cli_arguments(parser: argparse.ArgumentParser) -> None: ...
     def cli_main(args: argparse.Namespace) -> int: ...          # exit status
 
-and is listed in ``COMMANDS`` below. A module is imported only when its command runs, so
-``tdseg --help`` stays fast; a listed module without the two hooks is not offered yet. Bad input raises
+and is listed in ``COMMANDS`` below (``tests/test_cli.py`` checks that each has both). A module is
+imported only when its command runs, so ``tdseg --help`` stays fast. Bad input raises
 ``UserInputError``; this entry point prints it as one line and exits with status 2.
 """
 
@@ -16,7 +16,6 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from tdseg_lite import __version__
 from tdseg_lite.errors import UserInputError
@@ -35,23 +34,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _available_commands() -> dict[str, tuple[str, str]]:
-    """The commands whose module exists in this version of the package and defines the CLI hooks.
-
-    The check reads the module's source instead of importing it, so listing commands never pays
-    for torch/MONAI imports.
-    """
-    out = {}
-    for name, (module, helptext) in COMMANDS.items():
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.origin:
-            continue
-        source = Path(spec.origin).read_text(encoding="utf-8")
-        if "def add_cli_arguments(" in source and "def cli_main(" in source:
-            out[name] = (module, helptext)
-    return out
-
-
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``tdseg`` parser; only ``command``'s module is imported to define its arguments."""
     parser = argparse.ArgumentParser(
@@ -60,7 +42,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tdseg_lite {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, helptext) in _available_commands().items():
+    for name, (module, helptext) in COMMANDS.items():
         p = sub.add_parser(name, help=helptext, description=helptext)
         if name == command:
             importlib.import_module(module).add_cli_arguments(p)

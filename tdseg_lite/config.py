@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 from tdseg_lite.errors import ConfigError
 
 __all__ = [
+    "MOVED",
     "PRESET_NAMES",
     "ConfigError",
     "apply_overrides",
@@ -47,11 +48,21 @@ __all__ = [
     "parse_set_arguments",
     "resolve_preset",
     "save_config_json",
+    "split_keys",
 ]
 
 PRESET_NAMES: tuple[str, ...] = ("smoke", "cpu", "full")
 
 C = TypeVar("C")
+
+#: fields that were merged into another knob: "Class.field" -> (the key to use, how to write it); refused by name
+MOVED: dict[str, tuple[str, str]] = {
+    "TrainConfig.ae_steps": ("label_ae.max_steps", "--set label_ae.max_steps={value}"),
+    "ModelConfig.label_encoder": ("model.model",
+                                  "--model pixel-diffusion for pixel-space diffusion, or leave it out for TextDiffSeg"),
+}
+#: common short names -> the field they mean (for "did you mean" hints)
+ALIASES = {"lr": "learning_rate", "bs": "batch_size", "wd": "weight_decay", "steps": "max_steps"}
 
 
 def resolve_preset(name: str | None = None) -> str:
@@ -132,6 +143,44 @@ def _coerce(cls: type, key: str, value: Any, annotation: Any) -> Any:
     return value
 
 
+def moved_key_error(cls_name: str, field: str, value: Any, arg: str = "", part: str = "") -> None:
+    """Raise ``ConfigError`` naming the new key when ``cls_name.field`` was merged into another knob."""
+    if f"{cls_name}.{field}" not in MOVED:
+        return
+    new, how = MOVED[f"{cls_name}.{field}"]
+    shown = f"{arg} {part}.{field}" if arg and part else f"{cls_name}.{field}"
+    raise ConfigError(f"`{shown}` was merged into `{new}` (one knob), got {field}={value!r}. Write "
+                      f"{how.format(value=json.dumps(value))}.")
+
+
+def split_keys(keys: Mapping[str, Any], parts: tuple[str, ...] | list[str], *, default: str | None = None,
+               arg: str = "--set") -> dict[str, dict[str, Any]]:
+    """The one router of dotted keys: ``{"train.learning_rate": v}`` -> ``{"train": {"learning_rate": v}}``.
+
+    Args:
+        keys: ``"part.field"`` keys (plain ``"field"`` keys go to ``default`` when given).
+        parts: the valid part names.
+        default: the part of keys without a dot (``None``: such keys are refused).
+        arg: how the keys were given, for the message (e.g. ``--set``; "" for a library call).
+
+    Raises:
+        ConfigError: a key whose part is not in ``parts`` (the nearest part is suggested).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in keys.items():
+        part, dot, field = str(key).rpartition(".")
+        if not dot and default is not None:
+            part = default
+        if part not in parts or not field:
+            near = difflib.get_close_matches(part, list(parts), n=1)
+            hint = f"did you mean {near[0]}.{field or '...'}? " if near else ""
+            example = f"{arg} {parts[-1]}.FIELD=VALUE" if arg else f"'{parts[-1]}.FIELD'"
+            raise ConfigError(f"`{f'{arg} ' if arg else ''}{key}` must start with one of {', '.join(parts)} "
+                              f"(PART.FIELD), got part {part!r}; {hint}write e.g. {example}.")
+        out.setdefault(part, {})[field] = value
+    return out
+
+
 def apply_overrides(cfg: C, overrides: Mapping[str, Any] | None) -> C:
     """Return a copy of ``cfg`` with ``overrides`` applied, each key and type checked.
 
@@ -145,7 +194,8 @@ def apply_overrides(cfg: C, overrides: Mapping[str, Any] | None) -> C:
     changes: dict[str, Any] = {}
     for key, value in overrides.items():
         if key not in types:
-            near = difflib.get_close_matches(key, list(types), n=1)
+            moved_key_error(cls.__name__, key, value)
+            near = [ALIASES[key]] if ALIASES.get(key) in types else difflib.get_close_matches(key, list(types), n=1)
             hint = f"did you mean {near[0]!r}? " if near else ""
             raise ConfigError(
                 f"unknown field {key!r} for {cls.__name__}; {hint}valid fields: {sorted(types)}."

@@ -13,11 +13,13 @@ Joint loss (paper §2, LDSeg): Dice + CE on ŷ + λ·MSE(out, target) + the aux 
 latent MSE; every weight in ``DiffusionConfig``. The label autoencoder is pre-trained and frozen.
 
 ``ModelConfig.model`` selects ``"textdiffseg"``, ``"unet"`` (``baselines.UNetSegmenter``) or
-``"pixel-diffusion"`` (``baselines.PixelDiffusion``); the ablation switches are ``text_fusion``
-(no text anywhere), ``image_features`` (raw image, space-to-depth to the latent grid, instead of
-the extractor) and ``label_encoder`` (False = pixel-space diffusion). ``ModelSpec`` bundles the
-configs of every part; ``ModelSpec.build(preset, {"diffusion.eta": 0.5, "model": "unet"})``
-routes dotted keys to the part's config.
+``"pixel-diffusion"`` (``baselines.PixelDiffusion``, TextDiffSeg without the label encoder); the
+ablation switches are ``text_fusion`` (no text anywhere) and ``image_features`` (raw image,
+space-to-depth to the latent grid, instead of the extractor). ``ModelSpec`` bundles the configs of
+every part; ``ModelSpec.build(preset, {"diffusion.eta": 0.5, "model": "unet"})`` routes dotted keys
+to the part's config (``config.split_keys``). Fields that follow another part (``ModelSpec.derived``:
+e.g. ``image_encoder.downsample_factor`` = ``label_ae.downsample_factor``) are derived, and an
+override that contradicts one is refused.
 
 Explained in notebooks/03_conditional_unet_and_diffusion.ipynb
 """
@@ -25,6 +27,7 @@ Explained in notebooks/03_conditional_unet_and_diffusion.ipynb
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -42,6 +45,7 @@ from tdseg_lite.config import (
     config_from_dict,
     config_to_dict,
     resolve_preset,
+    split_keys,
 )
 from tdseg_lite.denoiser import ConditionalDenoiser, DenoiserConfig
 from tdseg_lite.diffusion import DiffusionConfig
@@ -76,7 +80,6 @@ class ModelConfig:
     text_fusion: bool = True                      # ablation: False = no text anywhere (fusion, cross-attention, FiLM)
     coordinates: bool = True                      # the image input also carries each voxel's volume position (beyond the paper)
     image_features: bool = True                   # ablation: False = raw image (space-to-depth) instead of E_img
-    label_encoder: bool = True                    # ablation: False = pixel-space diffusion on one-hot labels
     aux_head: bool = True                         # supervise E_img through its aux head (aux_* weights)
     aux_condition: bool = True                    # the denoiser also reads the (detached) aux latent: a refiner
     aux_residual: bool = True                     # x0-prediction as aux + correction (needs aux_condition, "sample")
@@ -133,19 +136,50 @@ class ModelSpec:
     label_ae: LabelAEConfig
     text: TextConfig
 
+    def __post_init__(self) -> None:
+        for part, values in self.derived().items():  # the fields that follow another part
+            object.__setattr__(self, part, dataclasses.replace(getattr(self, part), **values))
+
+    def derived(self) -> dict[str, dict[str, Any]]:
+        """The fields that follow another part, ``{part: {field: value}}`` (``DERIVED_FROM`` names the sources)."""
+        m, ae = self.model, self.label_ae
+        out: dict[str, dict[str, Any]] = {
+            "label_ae": {"num_classes": m.num_classes},
+            "image_encoder": {"downsample_factor": ae.downsample_factor, "in_channels": 4 if m.coordinates else 1,
+                              "aux_latent_channels": ae.latent_channels if m.aux_head else 0}}
+        if m.model == "pixel-diffusion":
+            out["denoiser"] = {"channels": m.pixel_channels, "attention_levels": m.pixel_attention_levels,
+                               "multiscale": False}
+        return out
+
+    @classmethod
+    def part_classes(cls) -> dict[str, type]:
+        """``{part name: config class}`` of the model's parts."""
+        return dict(_PARTS)
+
     @classmethod
     def build(cls, preset: str | None = "smoke", overrides: Mapping[str, Any] | None = None) -> ModelSpec:
         """Defaults -> preset -> overrides; ``"part.field"`` keys go to that part, plain keys to ``ModelConfig``."""
-        routed: dict[str, dict[str, Any]] = {name: {} for name in _PARTS}
-        layered = {**SPEC_PRESETS.get(resolve_preset(preset), {}), **(overrides or {})}
-        for key, value in layered.items():
-            part, _, field = key.rpartition(".")
-            part = part or "model"
-            if part not in _PARTS:
-                raise ConfigError(f"`{key}` must start with one of {sorted(_PARTS)} (or name a ModelConfig field), "
-                                  f"got part {part!r}. Write e.g. 'diffusion.eta'.")
-            routed[part][field] = value
-        return cls(**{name: build_config(c, preset, routed[name]) for name, c in _PARTS.items()})
+        return cls.from_parts(preset, split_keys(overrides or {}, tuple(_PARTS), default="model", arg=""))
+
+    @classmethod
+    def from_parts(cls, preset: str | None, parts: Mapping[str, Mapping[str, Any]]) -> ModelSpec:
+        """Defaults -> ``SPEC_PRESETS`` and each part's preset -> ``parts`` (``{part: {field: value}}``).
+
+        Raises:
+            ConfigError: an override of a derived field that contradicts its source (``DERIVED_FROM``).
+        """
+        layered = split_keys(SPEC_PRESETS.get(resolve_preset(preset), {}), tuple(_PARTS))
+        for part, values in parts.items():  # fields that always follow another part are compared afterwards
+            layered.setdefault(part, {}).update({f: v for f, v in values.items() if f"{part}.{f}" not in _ALWAYS_DERIVED})
+        spec = cls(**{name: build_config(c, preset, layered.get(name)) for name, c in _PARTS.items()})
+        for part, values in spec.derived().items():
+            for field, value in values.items():
+                given = parts.get(part, {}).get(field, value)
+                if json.loads(json.dumps(given)) != json.loads(json.dumps(value)):
+                    raise ConfigError(f"`{part}.{field}` follows {DERIVED_FROM[f'{part}.{field}']} (here {value!r}), "
+                                      f"got {given!r}. Set that instead, or leave {part}.{field} out.")
+        return spec
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         """JSON-ready ``{part: {field: value}}``."""
@@ -153,8 +187,26 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Mapping[str, Any]]) -> ModelSpec:
-        """Inverse of ``to_dict`` (every key checked)."""
+        """Inverse of ``to_dict`` (every key checked; derived fields follow their source)."""
+        data = {name: dict(values) for name, values in data.items()}
+        model = data.setdefault("model", {})
+        if model.pop("label_encoder", True) is False and model.get("model", "textdiffseg") == "textdiffseg":
+            model["model"] = "pixel-diffusion"  # a run saved before the switch became --model pixel-diffusion
         return cls(**{name: config_from_dict(c, data.get(name, {})) for name, c in _PARTS.items()})
+
+
+#: where each derived field of ``ModelSpec`` comes from
+DERIVED_FROM = {
+    "label_ae.num_classes": "model.num_classes (the dataset's classes)",
+    "image_encoder.downsample_factor": "label_ae.downsample_factor",
+    "image_encoder.in_channels": "model.coordinates (4 with coordinates, else 1)",
+    "image_encoder.aux_latent_channels": "label_ae.latent_channels (0 with model.aux_head=false)",
+    "denoiser.channels": "model.pixel_channels for --model pixel-diffusion",
+    "denoiser.attention_levels": "model.pixel_attention_levels for --model pixel-diffusion",
+    "denoiser.multiscale": "--model pixel-diffusion (no image features: false)",
+}
+#: the derived fields of every model kind (the denoiser's follow model.pixel_* only for pixel diffusion)
+_ALWAYS_DERIVED = tuple(k for k in DERIVED_FROM if not k.startswith("denoiser."))
 
 
 class ImageSkipDecoder(nn.Module):
@@ -385,7 +437,7 @@ def build_model(spec: ModelSpec, *, label_ae: LabelAutoencoder | None = None, te
             raise ConfigError("`model.text_fusion` must be true for model='text-unet', got false. Use "
                               "--model unet for the UNet without text.")
         return TextUNetSegmenter(*unet_args, text, spec.fusion, spec.diffusion.text_dropout, cfg.coordinates)
-    if cfg.model == "pixel-diffusion" or not cfg.label_encoder:
+    if cfg.model == "pixel-diffusion":
         den = dataclasses.replace(spec.denoiser, channels=cfg.pixel_channels,
                                   attention_levels=cfg.pixel_attention_levels, multiscale=False)
         return PixelDiffusion(cfg.num_classes, spec.diffusion, den, text, patch_size, cfg.coordinates)

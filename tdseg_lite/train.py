@@ -245,12 +245,12 @@ class Trainer:
             val_fn: Callable[[nn.Module], Mapping[str, float]] | None = None,
             on_log: Callable[[dict[str, float]], None] | None = None,
             on_val: Callable[[dict[str, float]], None] | None = None,
-            on_checkpoint: Callable[[Trainer, str], None] | None = None,
+            on_checkpoint: Callable[[Trainer], None] | None = None,
             progress_bar: Any = None) -> dict[str, Any]:
         """Train until the budget is spent; returns the history (``fit`` documents its keys).
 
-        ``on_checkpoint(trainer, why)`` is called every ``checkpoint_every`` steps, after each
-        validation and at the end (``why``: "periodic" | "val" | "end"); ``on_log(row)`` with the
+        ``on_checkpoint(trainer)`` is called every ``checkpoint_every`` steps, after each
+        validation and at the end; ``on_log(row)`` with the
         rank-averaged loss terms every ``log_every`` steps; ``on_val(metrics)`` after validation.
         """
         cfg, start, elapsed0 = self.cfg, time.perf_counter(), self.elapsed
@@ -271,13 +271,13 @@ class Trainer:
                 self._validate(val_fn, on_val)
             if on_checkpoint is not None and (validated or (cfg.checkpoint_every and
                                                             self.step % cfg.checkpoint_every == 0)):
-                on_checkpoint(self, "val" if validated else "periodic")
+                on_checkpoint(self)
         if losses and (not self.history["step"] or self.history["step"][-1] != self.step):  # always log the last step
             self._log(lr, losses, on_log)
         if val_fn is not None and (not self.history["val"] or self.history["val"][-1]["step"] != self.step):
             self._validate(val_fn, on_val)
         if on_checkpoint is not None:
-            on_checkpoint(self, "end")
+            on_checkpoint(self)
         self.history["steps"], self.history["train_seconds"] = self.step, self.elapsed
         self.model.eval()
         return self.history

@@ -35,26 +35,20 @@ from tdseg_lite.distributed import (
     init_distributed,
     reduce_sum,
 )
+from tdseg_lite.runs import RunFolder, RunLog, RunPlan, build_run_model, check_checkpoint, load_trained, plot_curves
 from tdseg_lite.train import Trainer
-from tdseg_lite.train_cli import (
-    RunLog,
-    plan_from_dict,
-    plan_run,
-    plan_to_dict,
-    plot_curves,
-)
 from tdseg_lite.utils import atomic_write_text, seed_everything, versions
 
-__all__ = ["load_trained", "make_val_fn", "train_run"]
+__all__ = ["load_trained", "make_val_fn", "train_run"]  # load_trained: from runs (its old home)
 
 
-def _prepare_data(plan: Mapping[str, Any], data_dir: str, out: Path, info: DistInfo) -> dict[str, Any]:
+def _prepare_data(plan: RunPlan, data_dir: str, out: Path, info: DistInfo) -> dict[str, Any]:
     """Validated dataset, cached train/val datasets, class names and prompt phrases."""
     from tdseg_lite.data import default_dataset, load_labels, make_datasets
     from tdseg_lite.prompts import phrases_from_labels
     from tdseg_lite.validate import validate_dataset
 
-    cfg = plan["data"]
+    cfg = plan.data
     if data_dir and info.is_main:  # refuse a broken dataset before any training (the full `tdseg validate`)
         validate_dataset(data_dir).raise_if_invalid()
     barrier(info)
@@ -68,7 +62,7 @@ def _prepare_data(plan: Mapping[str, Any], data_dir: str, out: Path, info: DistI
             "phrases": list(phrases_from_labels(labels).values())}
 
 
-def make_val_fn(data: Mapping[str, Any], plan: Mapping[str, Any], info: DistInfo) -> Any:
+def make_val_fn(data: Mapping[str, Any], plan: RunPlan, info: DistInfo) -> Any:
     """``val_fn(model) -> {"dice_<class>", "mean_dice", "val_seconds"}`` over this rank's share of the
     validation cases, summed across ranks (a fast DDIM setting: ``train.val_steps`` × ``val_samples``)."""
     from monai.data import DataLoader
@@ -76,7 +70,7 @@ def make_val_fn(data: Mapping[str, Any], plan: Mapping[str, Any], info: DistInfo
 
     from tdseg_lite.inference import evaluate
 
-    tcfg, dcfg, names = plan["train"], plan["data"], data["class_names"]
+    tcfg, dcfg, names = plan.train, plan.data, data["class_names"]
     n = len(data["val"]) if not tcfg.val_max_cases else min(tcfg.val_max_cases, len(data["val"]))
     shard = list(range(info.rank, n, info.world))
 
@@ -85,7 +79,7 @@ def make_val_fn(data: Mapping[str, Any], plan: Mapping[str, Any], info: DistInfo
         if shard:
             loader = DataLoader(Subset(data["val"], shard), batch_size=1, num_workers=0)
             kw = {"steps": tcfg.val_steps or None, "samples": tcfg.val_samples,
-                  "generator": torch.Generator().manual_seed(tcfg.seed)} if hasattr(model, "dcfg") else {}
+                  "generator": torch.Generator().manual_seed(tcfg.seed)}
             with torch.no_grad():
                 res = evaluate(model, loader, roi_size=dcfg.patch_size, spacing=dcfg.spacing, class_names=names, **kw)
             for case in res["cases"]:
@@ -111,15 +105,11 @@ def make_val_fn(data: Mapping[str, Any], plan: Mapping[str, Any], info: DistInfo
 class _Saver:
     """``on_checkpoint`` of the trainer: rank 0 writes last.pt (and best.pt when validation improved)."""
 
-    def __init__(self, out: Path, config: dict[str, Any], info: DistInfo, best: dict[str, Any] | None) -> None:
-        self.out, self.config, self.info = out / "checkpoints", config, info
+    def __init__(self, folder: RunFolder, config: dict[str, Any], info: DistInfo, best: dict[str, Any] | None) -> None:
+        self.folder, self.config, self.info = folder, config, info
         self.best = best or {"metric": "mean_dice", "value": -math.inf, "step": -1}
 
-    def payload(self, trainer: Trainer, phase: str) -> dict[str, Any]:
-        return {"config": self.config, "phase": phase, "best": dict(self.best), "versions": versions(),
-                **trainer.state_dict()}
-
-    def __call__(self, trainer: Trainer, why: str) -> None:
+    def __call__(self, trainer: Trainer) -> None:
         if not self.info.is_main:
             return
         val = trainer.history["val"][-1] if trainer.history["val"] else None
@@ -127,46 +117,13 @@ class _Saver:
                     and val["mean_dice"] > self.best["value"])
         if improved:
             self.best = {"metric": "mean_dice", "value": float(val["mean_dice"]), "step": trainer.step}
-        payload = self.payload(trainer, "joint")
-        save_checkpoint(self.out / "last.pt", payload)
+        payload = {"config": self.config, "best": dict(self.best), "versions": versions(), **trainer.state_dict()}
+        save_checkpoint(self.folder.last, payload)
         if improved:
-            save_checkpoint(self.out / "best.pt", payload)
+            save_checkpoint(self.folder.best, payload)
 
 
-def _build(plan: Mapping[str, Any], data: Mapping[str, Any]) -> torch.nn.Module:
-    from tdseg_lite.model import build_model
-    from tdseg_lite.text import make_text_encoder
-
-    spec = plan["spec"]
-    encoder = make_text_encoder(spec.text) if spec.model.text_fusion and spec.model.model != "unet" else None
-    return build_model(spec, text_encoder=encoder, phrases=data["phrases"], patch_size=plan["data"].patch_size)
-
-
-def load_trained(run: str | Path, which: str = "best", device: str | torch.device = "cpu"
-                 ) -> tuple[torch.nn.Module, dict[str, Any], dict[str, Any]]:
-    """A trained model from a ``tdseg train`` run folder: ``(model in eval mode, plan, checkpoint)``.
-
-    Args:
-        run: the run folder (holds ``checkpoints/best.pt`` and ``last.pt``).
-        which: ``"best"`` (falls back to ``"last"`` when no validation improved) or ``"last"``.
-        device: where to put the model.
-    """
-    from tdseg_lite.errors import UserInputError
-
-    if which not in ("best", "last"):
-        raise UserInputError(f"`which` must be 'best' or 'last', got {which!r}.")
-    folder = Path(run).expanduser() / "checkpoints"
-    path = folder / f"{which}.pt"
-    if which == "best" and not path.is_file():
-        path = folder / "last.pt"
-    state = load_checkpoint(path)
-    plan = plan_from_dict(state["config"]["plan"], {})
-    model = _build(plan, {"phrases": state["config"].get("phrases", ["kidney", "kidney tumor"])})
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), plan, state
-
-
-def _pretrain_phase(net: torch.nn.Module, data: Mapping[str, Any], plan: Mapping[str, Any],
+def _pretrain_phase(net: torch.nn.Module, data: Mapping[str, Any], plan: RunPlan,
                     info: DistInfo) -> tuple[float, dict[str, Any] | None]:
     """TextDiffSeg's label-AE phase on rank 0 (cached or trained: ``label_cache``), then broadcast.
 
@@ -180,8 +137,8 @@ def _pretrain_phase(net: torch.nn.Module, data: Mapping[str, Any], plan: Mapping
         return 0.0, None
     start, summary = time.perf_counter(), None
     if info.is_main:
-        volumes = training_label_volumes(plan["data"], data["train"].data)
-        res = pretrain_label_autoencoder(net.label_ae, volumes, seed=plan["train"].seed)
+        volumes = training_label_volumes(plan.data, data["train"].data)
+        res = pretrain_label_autoencoder(net.label_ae, volumes, seed=plan.train.seed)
         summary = res.summary()
         what = (f"reused {res.path}" if res.reused else
                 f"trained {res.steps} steps" + (f", cached in {res.path}" if res.path else ""))
@@ -195,73 +152,99 @@ def _pretrain_phase(net: torch.nn.Module, data: Mapping[str, Any], plan: Mapping
 
 def _report(history: Mapping[str, Any], best: Mapping[str, Any], out: Path) -> None:
     last = history["val"][-1] if history["val"] else {}
-    print(f"trained {history['steps']} steps in {history['train_seconds']:.0f} s; val mean Dice "
-          f"{last.get('mean_dice', float('nan')):.3f}; best {best['value']:.3f} at step {best['step']}; "
-          f"run folder {out}", file=sys.stderr)
+    if not last or math.isnan(last.get("mean_dice", math.nan)) and best["step"] < 0:
+        val = ("no validation Dice (no validation case, e.g. data.val_fraction=0, or no labelled class in them): "
+               "best.pt was not written, use last.pt")
+    else:
+        val = f"val mean Dice {last['mean_dice']:.3f}; best {best['value']:.3f} at step {best['step']}"
+    print(f"trained {history['steps']} steps in {history['train_seconds']:.0f} s; {val}; run folder {out}",
+          file=sys.stderr)
 
 
-def train_run(out: Path, *, data_dir: str = "", preset: str = "smoke", model: str | None = None,
+def _load_resume_state(folder: RunFolder, *, sets: Mapping[str, Any], data_dir: str, model: str | None,
+                       preset: str | None) -> tuple[dict[str, Any], RunPlan]:
+    """The checkpoint to continue and its plan, refused (before anything is written) when it is not a
+    complete ``tdseg train`` checkpoint or when ``--model``/``--data``/``--preset`` name another run."""
+    from tdseg_lite.config import resolve_preset
+    from tdseg_lite.data import load_labels
+
+    state = load_checkpoint(folder.last)
+    check_checkpoint(state, folder.last)
+    n_classes = len(load_labels(data_dir)) if data_dir else None
+    folder.check_resume(state["config"], model=model, data_dir=data_dir,
+                        preset=resolve_preset(preset) if preset else None, num_classes=n_classes)
+    return state, RunPlan.from_dict(state["config"]["plan"], sets)
+
+
+def train_run(out: Path, *, data_dir: str = "", preset: str | None = "smoke", model: str | None = None,
               sets: Mapping[str, Any] | None = None, max_minutes: float | None = None, resume: bool = False,
               device: str | None = None, quiet: bool = False) -> int:
-    """Train one run into ``out`` (see the module docstring); returns 0."""
+    """Train one run into ``out`` (see the module docstring); returns 0.
+
+    With ``resume``, ``model``/``preset``/``data_dir`` may repeat the run's own (anything else is refused
+    before anything is written); otherwise ``preset`` is the new run's preset.
+    """
     from tqdm.auto import tqdm
 
-    sets = dict(sets or {})
-    state = load_checkpoint(out / "checkpoints" / "last.pt") if resume else None
-    if state is not None:
-        plan = plan_from_dict(state["config"]["plan"], sets)
+    from tdseg_lite.utils import pick_device
+
+    sets, folder = dict(sets or {}), RunFolder(out)
+    state: dict[str, Any] | None = None
+    if resume:
+        state, plan = _load_resume_state(folder, sets=sets, data_dir=data_dir, model=model, preset=preset)
         data_dir = data_dir or state["config"].get("data_dir", "")
         max_minutes = max_minutes or state["config"].get("max_minutes")
     else:
         from tdseg_lite.data import load_labels
 
         n_cls = len(load_labels(data_dir)) if data_dir else None
-        plan = plan_run(preset, model, sets, num_classes=n_cls)
-    tcfg = plan["train"]
+        plan = RunPlan.build(preset or "smoke", model, sets, num_classes=n_cls)
+    tcfg = plan.train
+    pick_device(device or tcfg.device, arg="--device" if device else "train.device")  # one line, before any write
     info = init_distributed(device or tcfg.device)
     try:
         out.mkdir(parents=True, exist_ok=True)
         seed_everything(tcfg.seed)
         data = _prepare_data(plan, data_dir, out, info)
-        net = _build(plan, data)
+        net = build_run_model(plan, data["phrases"])
         ae_seconds, ae_summary = _pretrain_phase(net, data, plan, info) if state is None else (0.0, None)
         if state is None:
             seed_everything(tcfg.seed)  # the joint phase starts alike whether the AE was trained or reused
-        config = {"plan": plan_to_dict(plan), "data_dir": str(data["root"]) if data_dir else "",
+        config = {"plan": plan.to_dict(), "data_dir": str(data["root"]) if data_dir else "",
                   "labels": {str(k): v for k, v in data["labels"].items()}, "phrases": data["phrases"],
                   "max_minutes": max_minutes, "world_size": info.world, "command": " ".join(sys.argv),
                   "label_ae": ae_summary if state is None else state["config"].get("label_ae"),
                   "versions": versions()}
         if info.is_main:
-            atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+            atomic_write_text(folder.config, json.dumps(config, indent=2) + "\n")
         trainer = Trainer(net, tcfg, info=info, max_seconds=max_minutes * 60 if max_minutes else None)
-        saver = _Saver(out, config, info, state.get("best") if state else None)
+        saver = _Saver(folder, config, info, state.get("best") if state else None)
         if state is not None:
             trainer.load_state_dict(state)
         else:
             trainer.elapsed = ae_seconds  # the AE phase counts against the budget
-            saver(trainer, "ae")
-        loader, sampler = make_train_loader(data["train"], plan["data"].batch_size, info, tcfg.seed,
-                                            plan["data"].num_workers, pin_memory=info.device.type == "cuda")
-        log = RunLog(out / "log.csv", keep_until_step=trainer.step if state else None)
-        val = RunLog(out / "val.csv", keep_until_step=trainer.step if state else None)
-        title = f"{plan['spec'].model.model} ({plan['preset']}), {info.world} process(es)"
+            saver(trainer)  # step 0: the pre-trained label AE, before the joint phase
+        loader, sampler = make_train_loader(data["train"], plan.data.batch_size, info, tcfg.seed,
+                                            plan.data.num_workers, pin_memory=info.device.type == "cuda")
+        log = RunLog(folder.log, keep_until_step=trainer.step if state else None)
+        val = RunLog(folder.val, keep_until_step=trainer.step if state else None)
+        title = f"{plan.spec.model.model} ({plan.preset}), {info.world} process(es)"
 
         def on_val(metrics: dict[str, float]) -> None:
             if info.is_main:
                 val.append(metrics)
-                plot_curves(log, val, out / "loss_curve.png", title)
+                plot_curves(log, val, folder.curve, title)
                 bar.write(f"step {metrics['step']}: val " + ", ".join(
                     f"{k} {v:.3f}" for k, v in metrics.items() if k.startswith(("dice_", "mean_"))))
 
-        bar = tqdm(total=trainer.max_steps, initial=trainer.step, desc=plan["spec"].model.model,
+        bar = tqdm(total=trainer.max_steps, initial=trainer.step, desc=plan.spec.model.model,
                    disable=quiet or not info.is_main, dynamic_ncols=True, file=sys.stderr)
         history = trainer.run(endless_batches(loader, sampler, trainer.batches), val_fn=make_val_fn(data, plan, info),
                               on_log=lambda row: log.append(row) if info.is_main else None, on_val=on_val,
                               on_checkpoint=saver, progress_bar=bar)
         bar.close()
         if info.is_main:
-            plot_curves(log, val, out / "loss_curve.png", title)
+            plot_curves(log, val, folder.curve, title)
             _report(history, saver.best, out)
         return 0
     finally:

@@ -56,18 +56,29 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         set_determinism(seed=seed)
 
 
-def pick_device(device: str = "auto") -> torch.device:  # noqa: F821 - torch imported lazily
-    """``"auto"`` -> CUDA if available, else CPU; any other value is passed to ``torch.device``."""
+def pick_device(device: str = "auto", arg: str = "device") -> torch.device:  # noqa: F821 - torch imported lazily
+    """``"auto"`` -> CUDA if available, else CPU; ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as asked.
+
+    Raises:
+        UserInputError: another name, or CUDA asked for where there is none (``arg`` names the argument).
+    """
+    import re
+
     import torch
+
+    from tdseg_lite.errors import UserInputError
 
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise ValueError(f"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.") from err
+    if device not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", str(device)):
+        raise UserInputError(f"`{arg}` must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}. Use auto.")
+    dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"`device` is {device!r} but CUDA is not available here; use device='auto' or 'cpu'.")
+        raise UserInputError(f"`{arg}` asks for CUDA, got {device!r} on a machine without a CUDA GPU. Use auto "
+                             "or cpu.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserInputError(f"`{arg}` must name one of the {torch.cuda.device_count()} GPU(s), got {device!r}. "
+                             "Use cuda:0 or auto.")
     return dev
 
 

@@ -64,7 +64,10 @@ class StubTextEncoder:
 
 def make(model: str = "textdiffseg", **overrides) -> torch.nn.Module:
     torch.manual_seed(0)
-    spec = ModelSpec.build("smoke", {**TINY, "model": model, **overrides})
+    keys = {**TINY, "model": model, **overrides}
+    if keys.get("model.model", model) == "pixel-diffusion":  # its denoiser widths are the pixel_* fields
+        keys = {k: v for k, v in keys.items() if k not in ("denoiser.channels", "denoiser.attention_levels")}
+    spec = ModelSpec.build("smoke", keys)
     return build_model(spec, text_encoder=StubTextEncoder(), patch_size=PATCH)
 
 
@@ -152,7 +155,7 @@ def test_aux_head_view_and_ceiling() -> None:
         make(aux_head=False).predict_aux(batch["image"])
 
 
-@pytest.mark.parametrize("overrides", [{"text_fusion": False}, {"image_features": False}, {"label_encoder": False},
+@pytest.mark.parametrize("overrides", [{"text_fusion": False}, {"image_features": False}, {"model.model": "pixel-diffusion"},
                                        {"decoder_image_skip": False, "diffusion.start": "aux"},
                                        {"denoiser.self_condition": True, "diffusion.prediction_type": "epsilon"}])
 def test_ablations_build_train_and_predict(overrides: dict) -> None:

@@ -120,7 +120,7 @@ def test_bad_inputs_are_one_line_errors(kind: str, pattern: str, tmp_path: Path)
 @pytest.mark.parametrize(("extra", "pattern"), [
     (["--output", "seg.nii.gz", "--prompt", "   "], "`--prompt` must contain text"),
     (["--output", "seg.png"], r"`--output .*seg.png` must end with .nii or .nii.gz"),
-    (["--output", "blocker/seg.nii.gz"], "folder must be creatable"),
+    (["--output", "blocker/seg.nii.gz"], "`--output` must be under a folder, but blocker is a file"),
     (["--output", "seg.nii.gz", "--uncertainty", "seg.nii.gz"], "must be different files"),
     (["--output", "seg.nii.gz", "--samples", "0"], "`--samples` must be >= 1, got 0"),
     (["--output", "seg.nii.gz", "--input", "missing.nii.gz"], "must be an existing file"),

@@ -128,7 +128,7 @@ def test_smoke_run_writes_the_run_folder(dataset: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("args", "pattern"), [
-    (["--set", "train.learnig_rate=1e-3"], "did you mean 'learning_rate'"),
+    (["--set", "train.learnig_rate=1e-3"], "did you mean train.learning_rate"),
     (["--set", "trian.max_steps=3"], "did you mean train"),
     (["--set", "train.max_steps"], "must look like part.field=value"),
     (["--set", "data.patch_size=[30,30,30]"], "divisible by 16"),
@@ -145,21 +145,21 @@ def test_existing_run_needs_resume_and_resume_keeps_the_model(tmp_path: Path, ca
     save_checkpoint(run / "checkpoints" / "last.pt", {"model": {}, "config": {}})
     assert main(["train", "--out", str(run), "--preset", "smoke"]) == 2
     assert "Pass --resume" in capsys.readouterr().err
-    (run / "config.json").write_text('{"spec": {"model": {"model": "textdiffseg"}}}')
+    (run / "config.json").write_text('{"plan": {"preset": "smoke", "spec": {"model": {"model": "textdiffseg"}}}}')
     assert main(["train", "--out", str(run), "--resume", "--model", "unet"]) == 2
-    assert "differs from the run's model" in capsys.readouterr().err
+    assert "`--model` must be the run's model (textdiffseg) on --resume" in capsys.readouterr().err
 
 
 def test_resume_refuses_changes_other_than_the_budget() -> None:
-    from tdseg_lite.train_cli import plan_from_dict, plan_run, plan_to_dict
+    from tdseg_lite.runs import RunPlan
 
-    saved = plan_to_dict(plan_run("smoke", "unet", {}))
-    assert plan_from_dict(saved, {"train.max_steps": 50})["train"].max_steps == 50
-    assert plan_from_dict(saved, {"train.learning_rate": 1e-3})["train"].learning_rate == 1e-3  # unchanged: fine
+    saved = RunPlan.build("smoke", "unet", {}).to_dict()
+    assert RunPlan.from_dict(saved, {"train.max_steps": 50}).train.max_steps == 50
+    assert RunPlan.from_dict(saved, {"train.learning_rate": 1e-3}).train.learning_rate == 1e-3  # unchanged: fine
     with pytest.raises(ConfigError, match="did you mean train"):
-        plan_from_dict(saved, {"trian.max_steps": 5})
+        RunPlan.from_dict(saved, {"trian.max_steps": 5})
     with pytest.raises(ConfigError, match="cannot change on --resume"):
-        plan_from_dict(saved, {"train.learning_rate": 0.1})
+        RunPlan.from_dict(saved, {"train.learning_rate": 0.1})
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
@@ -167,7 +167,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> No
     batches = iter([batch(0), batch(1), batch(2, nan=True), batch(3)])
     saved = tmp_path / "last.pt"
     with pytest.raises(NonFiniteLossError, match="non-finite at step 3.*last checkpoint is intact"):
-        trainer.run(batches, on_checkpoint=lambda t, why: save_checkpoint(saved, t.state_dict()))
+        trainer.run(batches, on_checkpoint=lambda t: save_checkpoint(saved, t.state_dict()))
     assert load_checkpoint(saved)["step"] == 2
 
 

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from tdseg_lite.errors import UserInputError
 from tdseg_lite.utils import (
     artifacts_dir,
     atomic_write_text,
@@ -52,11 +53,13 @@ def test_pick_device() -> None:
 
     assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert pick_device("cpu").type == "cpu"
-    with pytest.raises(ValueError, match=r"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu0'"):
+    with pytest.raises(UserInputError, match=r"`device` must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu0'"):
         pick_device("gpu0")
+    with pytest.raises(UserInputError, match=r"`--device` must be .*got 'tpu'"):
+        pick_device("tpu", arg="--device")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available"):
-            pick_device("cuda")
+        with pytest.raises(UserInputError, match="`--device` asks for CUDA, got 'cuda' on a machine without"):
+            pick_device("cuda", arg="--device")
 
 
 def test_seed_everything_repeats_draws() -> None:
