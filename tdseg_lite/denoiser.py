@@ -55,9 +55,11 @@ class DenoiserConfig:
     norm_num_groups: int = 8                                   # GroupNorm groups; must divide every width
     num_head_channels: int = 16                                # width of each attention head
     cross_attention: bool = True                               # text tokens are the keys/values of the attention levels
+    # --- beyond the paper: more ways for the text and the image to reach the denoiser ---
     film: bool = True                                          # pooled text -> zero-init (scale, shift) of the time embedding
     multiscale: bool = True                                    # image features added to the skips (zero-init 1x1x1 convs)
     self_condition: bool = False                               # previous x̂0 as extra input channels (Chen et al. 2022)
+    # --- implementation: speed and memory, not the method ---
     max_attention_tokens: int = 512                            # attention only where the grid has <= this many voxels (8³)
     use_flash_attention: bool = True                           # torch SDPA attention (also on CPU)
 

@@ -60,15 +60,16 @@ class DiffusionConfig:
     prediction_type: PredictionType = "sample"  # what the denoiser outputs: ε | z^(0) | v
     inference_steps: int = 2               # k DDIM steps at sampling (x0-prediction needs few; more trade organ for tumour Dice)
     eta: float = 0.0                       # DDIM η (0: deterministic given the start noise)
+    dice_weight: float = 1.0               # Dice on the decoded ẑ0
+    ce_weight: float = 1.0                 # cross-entropy on the decoded ẑ0
+    mse_weight: float = 1.0                # λ: MSE(output, target) in the latent
+    # --- beyond the paper: guidance, ensembles, the aux-head start and loss terms ---
     start: Literal["noise", "aux"] = "noise"  # sampling starts from N(0, I) at T-1, or from the aux latent noised to start_timestep
     start_timestep: int = 500              # first timestep when start == "aux"
     guidance_scale: float = 1.0            # w of classifier-free guidance (1: conditional, 0: unconditional)
     text_dropout: float = 0.1              # p: share of training samples whose text is replaced by the null prompt
     samples: int = 4                       # S samples per prediction, averaged as probabilities (ensemble)
     uncertainty: Literal["entropy", "variance"] = "entropy"  # voxel-wise uncertainty of the ensemble
-    dice_weight: float = 1.0               # Dice on the decoded ẑ0
-    ce_weight: float = 1.0                 # cross-entropy on the decoded ẑ0
-    mse_weight: float = 1.0                # λ: MSE(output, target) in the latent
     aux_weight: float = 1.0                # Dice + CE of the image encoder's aux head (decoded)
     aux_latent_weight: float = 1.0         # MSE(aux latent, z^(0))
     decode_fraction: float = 0.5           # share of the batch decoded for the pixel losses (throughput)

@@ -52,12 +52,13 @@ class FusionConfig:
     mode: Literal["tokens", "pooled", "none"] = "tokens"  # text as L tokens | one pooled key | no text
     num_heads: int = 4           # h: attention heads
     head_dim: int = 32           # d_k: width of each head (W_q, W_k, W_v map to h*d_k)
+    qkv_bias: bool = False       # biases in W_q, W_k, W_v (the paper's equation has none)
+    # --- beyond the paper's equation: normalisation, output projection, dropout, voxel positions ---
     pre_norm: bool = True        # GroupNorm on z_i and LayerNorm on z_t before the projections
     norm_groups: int = 8         # GroupNorm groups; must divide the image channels c
     zero_init: bool = True       # W_o starts at zero, so z_fused = z_i at initialisation
-    qkv_bias: bool = False       # biases in W_q, W_k, W_v (the paper's equation has none)
     attn_dropout: float = 0.0    # dropout on the attention weights while training
-    positional: int = 4          # F: Fourier octaves of the voxel position added to the queries (0: none; beyond the paper)
+    positional: int = 4          # F: Fourier octaves of the voxel position added to the queries (0: none)
 
     def __post_init__(self) -> None:
         if self.mode not in FUSION_MODES:

@@ -52,9 +52,10 @@ class ImageEncoderConfig:
     downsample_factor: int = 4                           # f (a power of 2): must match the label autoencoder
     channels: tuple[int, ...] = (16, 32, 64, 128)        # widths at 1, 1/2, …, 1/f, 1/2f: log2(f) + 2 values
     latent_channels: int = 32                            # c: channels of z_i
-    aux_latent_channels: int = 32                        # k of the label latent (= LabelAEConfig's; 0: none)
     num_res_units: int = 1                               # extra residual units per scale
     norm: Literal["instance", "batch", "group"] = "instance"  # normalisation in every unit
+    # --- beyond the paper: the aux head that predicts the label latent ---
+    aux_latent_channels: int = 32                        # k of the label latent (= LabelAEConfig's; 0: none)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(self.channels))

@@ -71,16 +71,18 @@ class LabelAEConfig:
     downsample_factor: int = 4                # f: latent grid = input grid / f per axis
     width: int = 32                           # channels of the convs on the latent grid
     num_res_units: int = 1                    # residual units in the encoder and in the decoder
+    learning_rate: float = 1e-3               # Adam, cosine-decayed (6e-3 suits linear_path=False)
+    batch_size: int = 4                       # label patches per step
+    patch_size: tuple[int, int, int] | None = (48, 48, 48)  # training crops; None = whole volumes
+    max_steps: int = 3000                     # pre-training steps (0: PCA initialisation only; time budget: argument)
+    # --- beyond the paper: the sub-pixel + PCA design chosen with benchmarks/bench_label_ae.py ---
     head_hidden: int = 64                     # hidden 1×1 layer of the sub-pixel head (0: linear head)
     smooth_skip: bool = True                  # add trilinearly upsampled coarse logits to the sub-pixel head
     linear_path: bool = True                  # + a linear block code E_lin/D_lin, initialised by PCA
     pca_class_weights: tuple[float, ...] | None = None  # per-class PCA weights; None: rare classes up to 3x
     linear_lr_scale: float = 0.0              # learning rate of the linear path ÷ learning_rate (0: keep PCA)
     latent_noise: float = 0.1                 # σ: train on decode(z + σ·std(z)·ε)
-    learning_rate: float = 1e-3               # Adam, cosine-decayed (6e-3 suits linear_path=False)
-    batch_size: int = 4                       # label patches per step
-    patch_size: tuple[int, int, int] | None = (48, 48, 48)  # training crops; None = whole volumes
-    max_steps: int = 3000                     # pre-training steps (0: PCA initialisation only; time budget: argument)
+    # --- tooling ---
     reuse: bool = True                        # tdseg train: load a cached AE for the same labels + config (label_cache.py)
 
     def __post_init__(self) -> None:

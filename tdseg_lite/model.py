@@ -78,14 +78,16 @@ class ModelConfig:
     model: Literal["textdiffseg", "unet", "text-unet", "pixel-diffusion"] = "textdiffseg"  # the model or a baseline
     num_classes: int = 3                          # N, background included
     text_fusion: bool = True                      # ablation: False = no text anywhere (fusion, cross-attention, FiLM)
-    coordinates: bool = True                      # the image input also carries each voxel's volume position (beyond the paper)
     image_features: bool = True                   # ablation: False = raw image (space-to-depth) instead of E_img
+    # --- beyond the paper: our additions to TextDiffSeg ---
+    coordinates: bool = True                      # the image input also carries each voxel's volume position
     aux_head: bool = True                         # supervise E_img through its aux head (aux_* weights)
     aux_condition: bool = True                    # the denoiser also reads the (detached) aux latent: a refiner
     aux_residual: bool = True                     # x0-prediction as aux + correction (needs aux_condition, "sample")
     decoder_image_skip: bool = True               # the label decoder also sees E_img's full-resolution features
     skip_width: int = 8                           # hidden width of the skip decoder
     skip_kernel: int = 1                          # its first conv's kernel (1: per-voxel, 3: 3x3x3)
+    # --- the baselines' networks (not part of TextDiffSeg) ---
     unet_channels: tuple[int, ...] = (16, 32, 64, 128)    # UNet baseline widths
     unet_strides: tuple[int, ...] = (2, 2, 2)             # UNet baseline strides
     unet_res_units: int = 2                               # UNet baseline residual units

@@ -73,10 +73,12 @@ class TextConfig:
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"smoke": {}, "cpu": {}, "full": {"model": CLINICAL_BERT}}
     model: str = OFFLINE_MINILM     # hub id, local folder, or "offline:all-MiniLM-L6-v2"
     max_length: int = 64            # L: tokens per prompt after padding/truncation (TextDiff: 10)
+    # --- implementation: loading and caching ---
     normalize_pooled: bool = False  # L2-normalise the pooled vector (sentence-transformers' Normalize)
     local_files_only: bool = False  # never download (also implied by HF_HUB_OFFLINE=1)
     batch_size: int = 32            # prompts per encoder forward when filling the cache
-    paraphrase: float = 0.5         # share of training descriptions rewritten in another phrasing (beyond the paper)
+    # --- beyond the paper ---
+    paraphrase: float = 0.5         # share of training descriptions rewritten in another phrasing
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
