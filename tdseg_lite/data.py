@@ -1,7 +1,7 @@
 """Data layer: MSD-layout datalists, a stored train/val split and MONAI transform chains.
 
 Every dataset (the phantom, MSD tasks, KiTS19, BTCV) uses the Medical Segmentation Decathlon
-layout (DESIGN §5)::
+layout::
 
     DATASET/dataset.json   {"labels": {"0": "background", ...}, "training": [{"image", "label",
                             "description"?}], "test": [...]}

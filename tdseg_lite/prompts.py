@@ -3,7 +3,7 @@
 TextDiffSeg conditions segmentation on "a description of the anatomical structures and
 pathological features" (paper §1.3). The paper gives no example prompts, so we follow the
 CLIP-Driven Universal Model's class template ``"A computerized tomography of a {label}."``
-and append the free-text ``description`` of a case (MSD layout, DESIGN §5) when there is one::
+and append the free-text ``description`` of a case (MSD layout) when there is one::
 
     >>> case_prompt(["kidney", "kidney tumor"], "A 3 cm tumour in the left kidney.")
     'A computerized tomography of a kidney and kidney tumor. A 3 cm tumour in the left kidney.'
