@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tdseg_lite.errors import UserInputError, require
+
+if TYPE_CHECKING:
+    from tdseg_lite.segmenter import Segmenter
 
 __all__ = ["DEVICE_NAMES", "apply_sampling_start", "check_device", "check_output_path", "check_positive",
            "check_writable_folder"]
@@ -60,11 +63,13 @@ def check_output_path(path: str | os.PathLike[str], flag: str, suffixes: tuple[s
     return p
 
 
-def apply_sampling_start(model: Any, start: str | None, start_timestep: int | None) -> None:
+def apply_sampling_start(model: Segmenter, start: str | None, start_timestep: int | None) -> None:
     """``--start`` / ``--start-timestep`` of ``tdseg predict`` and ``tdseg evaluate`` (TextDiffSeg runs only)."""
     if start is None and start_timestep is None:
         return
-    if not hasattr(model, "set_sampling_start"):
+    from tdseg_lite.model import TextDiffSeg  # the model is loaded by now: no extra import cost
+
+    if not isinstance(model, TextDiffSeg):
         raise UserInputError(f"`--start` and `--start-timestep` apply to TextDiffSeg runs, got a "
                              f"{type(model).__name__} run. Leave them out for this run.")
     if start_timestep is not None:

@@ -52,10 +52,13 @@ import math
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tdseg_lite.checks import apply_sampling_start, check_device, check_output_path, check_positive
 from tdseg_lite.errors import UserInputError, require
+
+if TYPE_CHECKING:
+    from tdseg_lite.data import DataConfig
 
 __all__ = ["METRICS", "SCHEMA_VERSION", "add_cli_arguments", "cli_main", "select_cases", "write_metrics"]
 
@@ -74,7 +77,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def select_cases(run: str | Path, checkpoint: Mapping[str, Any], data_cfg: Any, data: str | None,
+def select_cases(run: str | Path, checkpoint: Mapping[str, Any], data_cfg: DataConfig, data: str | None,
                  split: str) -> tuple[Path, list[dict[str, str]]]:
     """The dataset folder and its cases to score: ``split="val"`` -> the run's ``splits.json`` val cases,
     ``"all"`` -> every labelled (``"training"``) case. ``data=None`` -> the run's training dataset."""

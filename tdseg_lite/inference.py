@@ -37,13 +37,16 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tdseg_lite.errors import UserInputError, require
 from tdseg_lite.positions import volume_coordinates
 from tdseg_lite.segmenter import DiffusionSegmenter, Segmenter, as_plain
+
+if TYPE_CHECKING:
+    from tdseg_lite.data import DataConfig
 
 __all__ = ["METRICS", "case_metrics", "count_windows", "evaluate", "evaluate_cases", "infer_case", "nanmean",
            "per_class_metrics", "predict_volume", "sliding_window_predict", "summarise", "to_input_space",
@@ -117,7 +120,7 @@ def sliding_window_predict(model: Segmenter, image: torch.Tensor, text: Any = No
     return (probs, unc) if uncertainty else probs
 
 
-def infer_case(model: Segmenter, data_cfg: Any, transform: Any, item: Mapping[str, Any], *, prompt: str | None = None,
+def infer_case(model: Segmenter, data_cfg: DataConfig, transform: Any, item: Mapping[str, Any], *, prompt: str | None = None,
                uncertainty: bool = False, sw_batch_size: int = 2, progress: Callable[[int, int], None] | None = None,
                **predict_kwargs: Any) -> dict[str, Any]:
     """Preprocess one case file and predict it on the model grid.
@@ -163,7 +166,7 @@ def to_input_space(transform: Any, data: Mapping[str, Any], values: torch.Tensor
     return as_plain(inverted)
 
 
-def predict_volume(model: Segmenter, data_cfg: Any, image_path: str | os.PathLike[str], *, prompt: str | None = None,
+def predict_volume(model: Segmenter, data_cfg: DataConfig, image_path: str | os.PathLike[str], *, prompt: str | None = None,
                    steps: int | None = None, samples: int | None = None, seed: int = 0, uncertainty: bool = False,
                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Segment one CT file in its own grid (checked with ``nifti_io.check_ct``).
@@ -318,7 +321,7 @@ def _first(value: Any, default: str) -> str:
 
 def evaluate(model: Segmenter, cases: Iterable[Mapping[str, Any]], *, roi_size: Sequence[int],
              class_names: Sequence[str] | None = None, spacing: Sequence[float] | None = None,
-             space: str = "model", data_cfg: Any = None, tolerance_mm: float = 2.0, seed: int = 0,
+             space: str = "model", data_cfg: DataConfig | None = None, tolerance_mm: float = 2.0, seed: int = 0,
              max_voxels: int = 20_000, max_cases: int | None = None, sw_batch_size: int = 2, overlap: float = 0.5,
              log: Callable[[str], None] | None = None, **predict_kwargs: Any) -> dict[str, Any]:
     """Predict every case with sliding windows and score it: the one evaluator (result in the module docstring).
@@ -414,7 +417,7 @@ def evaluate(model: Segmenter, cases: Iterable[Mapping[str, Any]], *, roi_size: 
             **summarise(scored, names), "uncertainty": unc_summary}
 
 
-def evaluate_cases(model: Segmenter, data_cfg: Any, items: Sequence[Mapping[str, Any]], class_names: Sequence[str], *,
+def evaluate_cases(model: Segmenter, data_cfg: DataConfig, items: Sequence[Mapping[str, Any]], class_names: Sequence[str], *,
                    space: str = "original", steps: int | None = None, samples: int | None = None, seed: int = 0,
                    tolerance_mm: float = 2.0, max_voxels: int = 20_000,
                    log: Callable[[str], None] | None = None) -> dict[str, Any]:

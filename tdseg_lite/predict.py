@@ -25,11 +25,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tdseg_lite.checks import apply_sampling_start, check_device, check_output_path, check_positive
 from tdseg_lite.errors import UserInputError, require
 from tdseg_lite.nifti_io import check_ct, save_nifti
+
+if TYPE_CHECKING:
+    from tdseg_lite.segmenter import Segmenter
 
 __all__ = ["add_cli_arguments", "apply_sampling_start", "check_ct", "check_output_path", "check_positive", "cli_main",
            "save_nifti", "work_summary"]
@@ -66,7 +69,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def work_summary(model: Any, windows: int, steps: int | None, samples: int | None) -> str:
+def work_summary(model: Segmenter, windows: int, steps: int | None, samples: int | None) -> str:
     """One line: windows × DDIM steps × samples = denoiser passes, and which factor dominates."""
     from tdseg_lite.segmenter import DiffusionSegmenter
 
