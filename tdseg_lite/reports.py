@@ -153,7 +153,7 @@ def parse_report(text: str | None) -> KidneyReport | None:
     body = re.sub(r"^a computeri[sz]ed tomography of an? [^.]*\.", "", body).strip()
     if "kidney" not in body and "renal" not in body:
         return None
-    clauses = re.split(r";|\.(?:\s|$)|,? and (?=an? |\d|the |no )|,(?= the (?!largest)| no )", body)
+    clauses = re.split(r";|\.(?:\s|$)|,? and (?=an? |\d|the |no )|,(?= the (?!largest)| no | an? \d)", body)
     tumours: list[KidneyTumour] = []
     normal: list[str] = []
     for clause in (c.strip() for c in clauses):
