@@ -78,7 +78,7 @@ def load_data(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def saved_model_parser(description: str, out: Path) -> argparse.ArgumentParser:
-    """Arguments of the scripts that score a model saved by ``--save`` (bench_sampler, bench_text_effect)."""
+    """Arguments of the scripts that score a model saved by ``--save`` (bench_sampler)."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--model", required=True, help="{spec, state_dict} file from bench_quality.py --save")
     ap.add_argument("--preset", default="cpu")

@@ -87,7 +87,7 @@ def worker(args: argparse.Namespace) -> int:
     """Train one (model, seed) for the budget and score it under every condition; writes ``--result``."""
     from tdseg_lite.config import build_config, parse_set_arguments
     from tdseg_lite.data import DataConfig, default_dataset, load_datalist, make_datasets, make_loaders, val_transforms
-    from tdseg_lite.inference import per_class_metrics, sliding_window_predict
+    from tdseg_lite.inference import case_metrics, sliding_window_predict
     from tdseg_lite.label_cache import cached_label_autoencoder
     from tdseg_lite.model import AuxHeadView, ModelSpec, build_model
     from tdseg_lite.phantom import PhantomConfig, ensure_phantom
@@ -145,7 +145,7 @@ def worker(args: argparse.Namespace) -> int:
                 with torch.no_grad():
                     probs = sliding_window_predict(view, image, prompt, roi_size=dcfg.patch_size, **kw)
                 seconds.append(time.perf_counter() - t0)
-                m = per_class_metrics(probs, lab, 3, dcfg.spacing)
+                m = case_metrics(probs, lab, 3, dcfg.spacing)
                 pred, truth = probs.argmax(1)[0], lab[0, 0]
                 rows.append({"dice_kidney": m["dice"][0], "dice_tumour": m["dice"][1],
                              "has_tumour": bool((truth == 2).any()),

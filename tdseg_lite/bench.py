@@ -27,7 +27,7 @@ SUITES: dict[str, tuple[str, str]] = {
     "scaling": ("bench_scaling.py", "cost vs volume size 48³..128³ per model, fitted growth exponent"),
     "cli": ("bench_cli.py", "equal budget through tdseg train + evaluate, then the DDIM steps x samples frontier"),
     "quality": ("bench_quality.py", "equal wall-clock quality incl. aux head, one-step and AE ceiling (Python API)"),
-    "text": ("bench_text_effect.py", "right / no / wrong description on a trained TextDiffSeg"),
+    "text": ("bench_text.py", "six report conditions x models x seeds: does the report guide the segmentation"),
     "phantom": ("bench_phantom.py", "phantom generation speed and HU statistics"),
     "text-fusion": ("bench_text_fusion.py", "text encoding and cross-attention speed"),
     "label-ae": ("bench_label_ae.py", "label autoencoder reconstruction trade-offs"),
