@@ -20,7 +20,8 @@ mL per tumour-free case, and the share of the predicted tumour volume that lies 
 body the report names (cases whose report names a tumour side and that predict some tumour). The
 table gives mean ± sd over seeds; verdict lines check the targets. A ``--models`` entry is a model
 name or ``label=model@part.field=value@...``. Runs are stored per (label, seed) in ``--work`` and
-re-used when their JSON exists (``--fresh`` ignores them).
+re-used when their JSON exists (``--fresh`` ignores them); each run's weights are kept next to it
+(``<label>_seed<seed>.pt``, ``{spec, state_dict}``: notebook 06 shows what such a model does with a report).
 
 Writes ``results/text_effect.json`` and ``.md`` (stamped: device, threads, date, commit).
 """
@@ -156,6 +157,7 @@ def worker(args: argparse.Namespace) -> int:
                 "dice_tumour": _mean([r["dice_tumour"] for r in rows]),
                 "fp_ml_tumour_free": _mean([r["tumour_ml"] for r in rows if not r["has_tumour"]]),
                 "side_fraction": _mean([r["side_fraction"] for r in rows]), "cases": rows}
+    torch.save({"spec": spec.to_dict(), "state_dict": model.state_dict()}, Path(args.result).with_suffix(".pt"))
     result = {"label": label, "model": name, "sets": sets, "seed": args.seed, "train_seconds": train_seconds,
               "steps": history["steps"], "label_ae": ae, "sampler": sampler,
               "seconds_per_case": sum(seconds) / len(seconds), "scores": scores}
