@@ -106,9 +106,13 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
                               "folder that holds checkpoints/last.pt.")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated file, another pickle, foreign objects
-        raise CheckpointError(f"`{path}` is not a readable checkpoint ({type(err).__name__}: {str(err)[:160]}). "
-                              "Use a file written by tdseg train, or retrain.") from err
+    except Exception as err:  # noqa: BLE001 - truncated file, another pickle, foreign objects
+        # torch's own text is not shown: it is several lines and advises weights_only=False, which runs code
+        unsafe = "Unsupported global" in str(err)  # a pickled class or function, not only tensors and plain data
+        why = ("it holds Python objects beyond tensors and plain data; it is refused because loading them could "
+               "run code" if unsafe else f"truncated or not a torch file ({type(err).__name__})")
+        raise CheckpointError(f"`{path}` is not a readable checkpoint: {why}. Use a file written by tdseg train, "
+                              "or retrain.") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT or "model" not in data:
         raise CheckpointError(f"`{path}` is not a tdseg_lite checkpoint (format {FORMAT} with a 'model' entry). "
                               "Use RUN/checkpoints/last.pt or best.pt written by tdseg train.")

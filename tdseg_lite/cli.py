@@ -65,6 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserInputError as err:
         print(f"tdseg {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the file system refused: a read-only folder, a full disk, a vanished file
+        where = err.filename or "a file"
+        print(f"tdseg {args.command}: error: `{where}` could not be read or written, got "
+              f"{err.strerror or type(err).__name__}. Check the path, its permissions and the free disk space.",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"tdseg {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,4 +1,4 @@
-"""Safe downloads and archive extraction for ``tdseg prepare`` (real datasets, DESIGN §5).
+"""Safe downloads and archive extraction for ``tdseg prepare`` (real datasets).
 
 ``download_file`` fetches one URL into ``dest``:
 
@@ -14,7 +14,11 @@
 ``..`` components, symbolic and hard links, device files and FIFOs are refused before anything is
 written (the same rules on every Python >= 3.10; ``tarfile``'s ``filter="data"`` exists only from
 3.11.4). macOS junk (``._*`` AppleDouble files, ``.DS_Store``, ``__MACOSX/``), which the MSD tars
-contain, is skipped. Explained in ``data_scripts/README.md``.
+contain, is skipped. The sizes the members declare are capped before anything is written: in total
+(``max_extract_bytes``, ``$TDSEG_MAX_EXTRACT_GB``) and against the archive's own size (an expansion
+beyond ``MAX_EXTRACT_RATIO`` : 1, ``$TDSEG_MAX_EXTRACT_RATIO``, is a decompression bomb, not a CT
+archive), and no member may write more than it declared. An extraction that fails half-way removes
+the files it wrote. Explained in ``data_scripts/README.md``.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ __all__ = [
     "KITS19_IMAGING_URLS",
     "KITS19_LABELLED",
     "KITS19_SEGMENTATION_URL",
+    "MAX_EXTRACT_GB",
+    "MAX_EXTRACT_RATIO",
     "download_file",
     "download_kits19",
     "ensure_disk_space",
@@ -50,6 +56,7 @@ __all__ = [
     "file_hash",
     "is_junk",
     "kits19_checksums",
+    "max_extract_bytes",
     "msd_source",
     "safe_member_path",
 ]
@@ -57,6 +64,12 @@ __all__ = [
 CHUNK = 1 << 20  # bytes read per step (1 MiB)
 _SPACE_MARGIN = 256 << 20  # bytes kept free on top of what a step needs
 _GB = 1e9
+#: largest expansion (extracted bytes / archive bytes) accepted; CT archives hold compressed NIfTI (about 1 : 1)
+MAX_EXTRACT_RATIO = 100.0
+#: archives that expand to less than this are not ratio-checked (small test or label archives)
+_RATIO_FLOOR = 64 << 20
+#: default cap on the total bytes of one extraction (GB); $TDSEG_MAX_EXTRACT_GB overrides it
+MAX_EXTRACT_GB = 300.0
 
 # Where the datasets live (checked against github.com/neheller/kits19 at commit 456b293, 2026-05).
 #: KiTS19 segmentations, cases 0-209: plain git blobs in the official repository (its Git LFS
@@ -385,17 +398,63 @@ def extract_archive(archive: str | os.PathLike[str], target: str | os.PathLike[s
                              "again (an interrupted download is not an archive) or pass the extracted folder")
     plan = _zip_plan(archive, target) if is_zip else _tar_plan(archive, target)
     total = sum(m.file_size if is_zip else m.size for m, _ in plan)
+    _check_expansion(archive, total)
     ensure_disk_space(target, total, f"extracting {archive.name} ({total / _GB:.2f} GB)")
-    with (zipfile.ZipFile(archive) if is_zip else tarfile.open(archive, "r:*")) as handle, \
-            tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"extract {archive.name}",
-                 disable=not progress) as bar:
-        for member, path in plan:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".part")
-            with (handle.open(member) if is_zip else handle.extractfile(member)) as src, open(tmp, "wb") as out:
-                for block in iter(lambda: src.read(CHUNK), b""):
-                    out.write(block)
-                    bar.update(len(block))
-            os.replace(tmp, path)
+    written: list[Path] = []
+    try:
+        with (zipfile.ZipFile(archive) if is_zip else tarfile.open(archive, "r:*")) as handle, \
+                tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"extract {archive.name}",
+                     disable=not progress) as bar:
+            for member, path in plan:
+                declared = member.file_size if is_zip else member.size
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(path.name + ".part")
+                written.append(tmp)
+                done = 0
+                with (handle.open(member) if is_zip else handle.extractfile(member)) as src, open(tmp, "wb") as out:
+                    for block in iter(lambda: src.read(CHUNK), b""):
+                        done += len(block)
+                        if done > declared:
+                            raise UserInputError(f"{archive}: member {path.name!r} must hold the {declared:,} bytes "
+                                                 "it declares, got more; refusing it (a corrupt or malicious "
+                                                 "archive: download it again)")
+                        out.write(block)
+                        bar.update(len(block))
+                os.replace(tmp, path)
+                written.append(path)
+    except BaseException:
+        for f in written:  # a failed extraction leaves nothing of its own behind
+            f.unlink(missing_ok=True)
+        raise
     return [path for _, path in plan]
+
+
+def max_extract_bytes() -> float:
+    """The total-size cap of one extraction in bytes (``$TDSEG_MAX_EXTRACT_GB`` or ``MAX_EXTRACT_GB``)."""
+    raw = os.environ.get("TDSEG_MAX_EXTRACT_GB", "")
+    try:
+        gb = float(raw) if raw else MAX_EXTRACT_GB
+    except ValueError:
+        gb = -1.0
+    if not gb > 0:
+        raise UserInputError(f"`TDSEG_MAX_EXTRACT_GB` must be a positive number, got {raw!r}. Unset it or set "
+                             "e.g. TDSEG_MAX_EXTRACT_GB=500.")
+    return gb * _GB
+
+
+def _check_expansion(archive: Path, total: int) -> None:
+    """Refuse an archive whose members declare more bytes than the cap, or far more than it could hold."""
+    cap = max_extract_bytes()
+    if total > cap:
+        raise UserInputError(f"{archive}: must expand to at most {cap / _GB:g} GB, got members declaring "
+                             f"{total / _GB:.2f} GB; refusing to extract anything (set TDSEG_MAX_EXTRACT_GB to "
+                             "extract a larger archive you trust)")
+    raw = os.environ.get("TDSEG_MAX_EXTRACT_RATIO", "")
+    ratio = float(raw) if raw.replace(".", "", 1).isdigit() else MAX_EXTRACT_RATIO
+    size = max(archive.stat().st_size, 1)
+    if total > _RATIO_FLOOR and total > ratio * size:
+        raise UserInputError(f"{archive}: must expand at most {ratio:g}x its size, got {size / 2**20:.1f} MiB "
+                             f"declaring {total / 2**20:.0f} MiB ({total / size:.0f}x: a decompression bomb, not a "
+                             "CT archive); refusing to extract anything (set TDSEG_MAX_EXTRACT_RATIO for an archive "
+                             "you trust)")
 

@@ -1,7 +1,8 @@
 """Reading and writing NIfTI volumes for ``tdseg predict`` and ``tdseg evaluate``, every problem one line.
 
 ``check_ct`` reads a CT the user hands us: a ``.nii``/``.nii.gz`` file whose header is checked
-against the file and a size cap before any voxel is read (``check_header``), then 3D, finite, raw HU.
+against the file and a size cap before any voxel is read (``check_header``: a header that claims
+2000³ voxels in a file holding 64 fails at once, without allocating), then 3D, finite, raw HU.
 ``read_label`` reads a label file as class indices; ``save_nifti`` writes a volume with another
 image's affine and codes, atomically.
 """
@@ -14,13 +15,26 @@ from typing import Any
 
 from tdseg_lite.errors import UserInputError, require
 
-__all__ = ["HU_MAX", "HU_MIN", "MIN_HU_SPAN", "NIFTI_SUFFIXES", "check_ct", "is_nifti", "read_label", "save_nifti"]
+__all__ = ["HU_MAX", "HU_MIN", "MIN_HU_SPAN", "NIFTI_SUFFIXES", "check_ct", "check_header", "is_nifti", "max_voxels",
+           "read_label", "save_nifti"]
 
 #: plausible raw CT values (HU): scanners pad outside the field of view with -1024, -2048 or -3024
 HU_MIN, HU_MAX = -3100.0, 5000.0
 #: a real CT spans air (-1000 HU) to soft tissue at least; a smaller span means normalised data
 MIN_HU_SPAN = 50.0
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: default cap on the voxels of one volume (2^29 ≈ 537 M, e.g. 1024 × 1024 × 512); $TDSEG_MAX_VOXELS overrides it
+MAX_VOXELS = 2**29
+#: deflate never compresses better than about 1032 : 1, so a .gz smaller than data / this cannot hold the data
+_MAX_DEFLATE_RATIO = 1100
+
+
+def max_voxels() -> int:
+    """The voxel cap: ``$TDSEG_MAX_VOXELS`` when set (a positive integer), else ``MAX_VOXELS``."""
+    raw = os.environ.get("TDSEG_MAX_VOXELS", "")
+    require(not raw or (raw.isdigit() and int(raw) > 0), "TDSEG_MAX_VOXELS", "must be a positive integer", raw,
+            "Unset it or set e.g. TDSEG_MAX_VOXELS=1073741824.", UserInputError)
+    return int(raw) if raw else MAX_VOXELS
 
 
 def is_nifti(path: Path) -> bool:
@@ -34,9 +48,9 @@ def _load(p: Path, what: str) -> Any:
 
     try:
         return nib.load(str(p))
-    except Exception as err:  # noqa: BLE001 - nibabel raises many types for truncated or foreign files
-        raise UserInputError(f"`{p}` must be a readable NIfTI {what}, got a file nibabel cannot parse "
-                             f"({type(err).__name__}). Re-export it as .nii or .nii.gz.") from None
+    except Exception:  # noqa: BLE001 - nibabel raises many types for truncated or foreign files
+        raise UserInputError(f"`{p}` must be a readable NIfTI {what}, got a file without a valid NIfTI header. "
+                             "Re-export it as .nii or .nii.gz.") from None
 
 
 def _array(img: Any, p: Path) -> Any:
@@ -48,6 +62,53 @@ def _array(img: Any, p: Path) -> Any:
     except Exception as err:  # noqa: BLE001 - EOFError, zlib.error, ValueError, OSError ...
         raise UserInputError(f"`{p}` must hold the voxels its header declares, got a truncated or corrupt data "
                              f"block ({type(err).__name__}). Re-export the file.") from None
+
+
+def _gzip_size(p: Path) -> int:
+    """The uncompressed size modulo 2^32 stored in the last 4 bytes of a gzip file (its ISIZE field)."""
+    with p.open("rb") as fh:
+        fh.seek(-4, os.SEEK_END)
+        return int.from_bytes(fh.read(4), "little")
+
+
+def check_header(path: str | os.PathLike[str], what: str = "volume") -> dict[str, Any]:
+    """Check a NIfTI header against the file before any voxel is read (nothing is allocated).
+
+    Rules: the header's shape × dtype fits the file (``.nii``: offset + data <= file size; ``.nii.gz``:
+    the stored uncompressed size, and a compressed size that deflate could reach) and at most
+    ``max_voxels()`` voxels.
+
+    Returns:
+        ``{"image": the lazy nibabel image, "shape", "zooms", "dtype", "nbytes"}``.
+
+    Raises:
+        UserInputError: one line naming the file, what the header claims and what the file holds.
+    """
+    import math
+
+    p = Path(path).expanduser()
+    img = _load(p, what)
+    shape = tuple(int(n) for n in img.shape)
+    dtype = img.get_data_dtype()
+    voxels = math.prod(shape)
+    cap = max_voxels()
+    if voxels > cap:
+        raise UserInputError(f"`{p}` must hold at most {cap:,} voxels, got a header declaring shape {shape} "
+                             f"({voxels:,} voxels). Crop or downsample it, or raise TDSEG_MAX_VOXELS if it is real.")
+    nbytes = voxels * dtype.itemsize
+    need = int(img.header.get_data_offset()) + nbytes
+    size = p.stat().st_size
+    if p.name.lower().endswith(".gz"):
+        held = _gzip_size(p) if size >= 18 else 0
+        short = (need < 2**32 and held < need) or size * _MAX_DEFLATE_RATIO < need
+    else:
+        held, short = size, size < need
+    if short:
+        raise UserInputError(f"`{p}` must hold the {nbytes:,} bytes of voxels its header declares (shape {shape}, "
+                             f"{dtype}), got a file with {held:,} bytes. The file is truncated or its header is "
+                             "wrong: re-export it.")
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    return {"image": img, "shape": shape, "zooms": zooms, "dtype": dtype, "nbytes": nbytes}
 
 
 def check_ct(path: str | os.PathLike[str]) -> Any:
@@ -66,7 +127,7 @@ def check_ct(path: str | os.PathLike[str]) -> Any:
             UserInputError)
     require(is_nifti(p), str(p), "must be a NIfTI file (.nii or .nii.gz)", p.suffix or "no suffix",
             "Convert it first, e.g. with dcm2niix or SimpleITK.", UserInputError)
-    img = _load(p, "CT")
+    img = check_header(p, "CT")["image"]  # before any voxel is read
     shape = tuple(int(s) for s in img.shape)
     if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
         raise UserInputError(f"`{p}` must be a 3D volume (or 4D with a singleton last axis), got shape {shape}. "
@@ -96,7 +157,7 @@ def read_label(path: str | os.PathLike[str]) -> tuple[Any, list[float]]:
     import torch
 
     p = Path(path)
-    img = _load(p, "label")
+    img = check_header(p, "label")["image"]
     arr = _array(img, p)
     arr = arr.reshape(arr.shape[:3])  # MSD labels are 3D (a singleton 4th axis is dropped)
     return torch.from_numpy(arr.astype(np.int64))[None, None], [float(z) for z in img.header.get_zooms()[:3]]

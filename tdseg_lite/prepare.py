@@ -1,4 +1,4 @@
-"""``tdseg prepare``: convert KiTS19, MSD (Task03/07/09/10) and BTCV into the common layout (DESIGN §5).
+"""``tdseg prepare``: convert KiTS19, MSD (Task03/07/09/10) and BTCV into the common layout.
 
 Every converter writes ``OUT/dataset.json`` + ``imagesTr/ labelsTr/ [imagesTs/]`` with label names
 and a per-case ``description`` computed from the label map (see ``prepare_volumes``), which
@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,19 @@ def _claim(out: Path, settings: dict[str, Any]) -> None:
     """Create ``out`` and record the settings (after the source was found, so a bad --src leaves nothing)."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "prepare.json", json.dumps(settings, indent=2) + "\n")
+
+
+def _clean_failed(out: Path, existed: bool) -> None:
+    """After a failed conversion: remove unfinished ``*.part`` files, and the whole ``out`` when this run
+    created it and no case was converted yet (converted cases are kept: a re-run resumes from them)."""
+    if not out.is_dir():
+        return
+    for part in out.rglob("*.part"):
+        part.unlink(missing_ok=True)
+    converted = any(f.is_file() for sub in ("imagesTr", "labelsTr") if (out / sub).is_dir()
+                    for f in (out / sub).iterdir())
+    if not existed and not converted:
+        shutil.rmtree(out, ignore_errors=True)
 
 
 def _finish(out: Path, meta: dict[str, Any], training: list[dict[str, str]], test: list[str]) -> Path:
@@ -352,7 +366,7 @@ def prepare_btcv(out: str | os.PathLike[str], src: str | os.PathLike[str] | None
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``tdseg prepare {kits19,msd,btcv}``."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--out", required=True, help="output dataset folder (MSD layout, DESIGN §5)")
+    common.add_argument("--out", required=True, help="output dataset folder (MSD layout)")
     common.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
                         help="resample to this voxel size in mm (R, A, S): image linear, label nearest "
                              "(e.g. 1.5 1.5 2.0, the `full` preset); default: keep the native grid")
@@ -391,12 +405,18 @@ def cli_main(args: argparse.Namespace) -> int:
         raise UserInputError(f"`--max-cases` must be >= 1, got {args.max_cases}. Pass e.g. --max-cases 5.")
     common = {"download_dir": args.download_dir, "spacing": args.spacing, "max_cases": args.max_cases,
               "overwrite": args.overwrite, "progress": not args.quiet}
-    if args.dataset == "kits19":
-        out = prepare_kits19(args.out, args.src, cases=args.cases, **common)
-    elif args.dataset == "msd":
-        out = prepare_msd(args.task, args.out, args.src, verify=not args.skip_checksum, **common)
-    else:
-        out = prepare_btcv(args.out, args.src, **common)
+    target = Path(args.out).expanduser()
+    existed = target.exists()
+    try:
+        if args.dataset == "kits19":
+            out = prepare_kits19(args.out, args.src, cases=args.cases, **common)
+        elif args.dataset == "msd":
+            out = prepare_msd(args.task, args.out, args.src, verify=not args.skip_checksum, **common)
+        else:
+            out = prepare_btcv(args.out, args.src, **common)
+    except BaseException:
+        _clean_failed(target, existed)
+        raise
     print(f"tdseg prepare: wrote {out}")
     if args.no_validate:
         return 0
