@@ -24,6 +24,7 @@ from matplotlib.patches import Patch
 
 __all__ = [
     "LABEL_COLORS",
+    "axial_slice",
     "hu_histograms",
     "label_colormap",
     "plot_curves",
@@ -74,6 +75,16 @@ def _plane_slice(vol: np.ndarray, plane: str, index: int) -> np.ndarray:
     raise ValueError(f"`plane` must be one of {PLANES}, got {plane!r}.")
 
 
+def axial_slice(volume: Any, z: int) -> np.ndarray:
+    """Axial slice ``z`` of an RAS ``(X, Y, Z)`` volume as shown on screen (radiological view).
+
+    Rows run from anterior (top) to posterior, columns from the patient's right (viewer's left) to
+    the patient's left, so ``plt.imshow(axial_slice(ct, z))`` looks like a radiology workstation.
+    Accepts numpy arrays and (CPU or GPU) tensors of shape (X, Y, Z) or with singleton leading axes.
+    """
+    return _plane_slice(to_numpy_volume(volume), "axial", int(z))
+
+
 def _aspect(spacing: Sequence[float] | None, plane: str) -> float:
     if spacing is None:
         return 1.0
@@ -82,11 +93,27 @@ def _aspect(spacing: Sequence[float] | None, plane: str) -> float:
 
 
 def _center_of(label: np.ndarray | None, shape: Sequence[int]) -> tuple[int, int, int]:
-    """Slice indices through the centre of the foreground (or of the volume)."""
-    if label is not None and np.any(label > 0):
-        idx = np.argwhere(label > 0)
-        return tuple(int(v) for v in np.round(idx.mean(axis=0)))  # type: ignore[return-value]
-    return tuple(s // 2 for s in shape)  # type: ignore[return-value]
+    """Slice indices (x, y, z) that cut through a labelled structure in all three planes.
+
+    The centroid of *all* foreground can fall between structures (two kidneys: the midline, where a
+    sagittal slice shows no label), so we centre on one connected structure: the one holding the
+    most voxels of the rarest label present (e.g. the kidney with the tumour), at its centroid,
+    moved to the nearest voxel of that structure if the centroid lies outside it. Without a label:
+    the volume's centre.
+    """
+    if label is None or not np.any(label > 0):
+        return tuple(s // 2 for s in shape)  # type: ignore[return-value]
+    from scipy import ndimage
+
+    components, count = ndimage.label(label > 0)
+    ids, voxels = np.unique(label[label > 0], return_counts=True)
+    rarest = ids[np.argmin(voxels)]
+    hits = np.bincount(components[label == rarest], minlength=count + 1)
+    idx = np.argwhere(components == int(np.argmax(hits)))
+    centre = np.round(idx.mean(axis=0)).astype(int)
+    if not components[tuple(centre)]:
+        centre = idx[np.argmin(((idx - centre) ** 2).sum(axis=1))]
+    return tuple(int(v) for v in centre)  # type: ignore[return-value]
 
 
 def show_slices(
@@ -106,7 +133,7 @@ def show_slices(
     Args:
         image: CT volume (X, Y, Z) in HU (or any intensity; set ``window``), RAS-oriented.
         label: integer label volume, same shape, or None.
-        index: (x, y, z) slice indices; default = centre of the labelled foreground.
+        index: (x, y, z) slice indices; default = through one labelled structure (``_center_of``).
         spacing: voxel size in mm, to draw slices with the right aspect ratio.
         window: display window (low, high) in image units; (-175, 250) is an abdominal window.
         label_names: {id: name} for the legend.
@@ -276,8 +303,11 @@ def slice_viewer(
 ) -> Any:
     """Interactive viewer: slice slider, plane, window/level and per-label toggles.
 
-    Where widgets cannot render (papermill, nbval, plain Python, ``force_static=True``) it draws
-    a static grid of axial slices instead and returns that figure.
+    The widget needs a running kernel: a saved or exported notebook shows no slider (JupyterLab
+    then says the widget model was not found). Where widgets cannot render (papermill, nbval,
+    plain Python, ``TDSEG_STATIC_VIEWER=1``, ``force_static=True``) it returns a static grid of
+    axial slices instead: a figure that is already closed in pyplot, so a notebook draws it once
+    (as the cell's result) and not a second time when the inline backend flushes open figures.
 
     Args:
         image: CT volume (X, Y, Z), RAS-oriented.
@@ -295,7 +325,7 @@ def slice_viewer(
     names = dict(label_names or ({i: f"label {i}" for i in range(1, int(lab.max()) + 1)} if lab is not None else {}))
     if force_static or not _widgets_available():
         fig = _static_grid(img, lab, "axial", window, spacing, names)
-        plt.show()
+        plt.close(fig)  # shown once, as the returned value; pyplot must not flush it again
         return fig
     import ipywidgets as w
 

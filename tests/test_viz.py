@@ -63,9 +63,36 @@ def test_hu_histogram_statistics() -> None:
 
 def test_viewer_falls_back_to_static_figure(monkeypatch) -> None:
     monkeypatch.setenv("TDSEG_STATIC_VIEWER", "1")
+    before = set(plt.get_fignums())
     out = viz.slice_viewer(np.zeros((8, 8, 8)), np.ones((8, 8, 8), dtype=np.uint8))
     assert isinstance(out, plt.Figure) and len(out.axes) == 6
-    plt.close(out)
+    # drawn once: returned (and shown as the cell's result), not left open for pyplot to flush again
+    assert set(plt.get_fignums()) == before
+
+
+def test_default_slices_cut_through_a_structure_not_between_two() -> None:
+    lab = np.zeros((40, 20, 20), dtype=np.uint8)
+    lab[4:12, 6:14, 6:14] = 1      # right-hand "kidney"
+    lab[28:36, 6:14, 6:14] = 1     # left-hand "kidney" with a tumour
+    lab[30:33, 8:11, 8:11] = 2
+    x, y, z = viz._center_of(lab, lab.shape)
+    assert 28 <= x < 36, "the sagittal slice must pass through the kidney with the rarest label, not the midline"
+    fig = viz.show_slices(np.zeros(lab.shape, dtype=np.float32), lab)
+    sagittal = viz._plane_slice(lab, "sagittal", x)
+    assert (sagittal == 2).any() and fig.axes[0].get_title() == f"sagittal (x={x})"
+    plt.close(fig)
+    ring = np.zeros((21, 21, 5), dtype=np.uint8)  # a structure whose centroid lies outside it
+    ring[2:19, 2:19] = 1
+    ring[5:16, 5:16] = 0
+    assert ring[viz._center_of(ring, ring.shape)] == 1
+
+
+def test_axial_slice_is_the_radiological_view() -> None:
+    import torch
+
+    vol = _marked_volume()
+    np.testing.assert_array_equal(viz.axial_slice(vol, 6), viz._plane_slice(vol, "axial", 6))
+    np.testing.assert_array_equal(viz.axial_slice(torch.from_numpy(vol)[None], 6), vol[:, :, 6].T[::-1, ::-1])
 
 
 def test_to_numpy_volume_drops_singleton_channels() -> None:
