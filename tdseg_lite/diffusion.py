@@ -8,7 +8,7 @@ The denoiser predicts one of (``prediction_type``) ε, z^(0) ("sample") or v = s
 sqrt(1 − ᾱ_t) z^(0); each gives the clean estimate ẑ0 in closed form (``predicted_x0``). The
 joint loss (paper §2; LDSeg) decodes ẑ0 and adds Dice + CE to λ·MSE(output, target).
 
-Sampling is an explicit DDIM loop (``ddim_sample``) over ``ddim_step`` (k steps, η), which
+Sampling is an explicit DDIM loop (``ddim_sample``) over ``ddim_step`` (M steps, η), which
 steps to the next *listed* timestep (MONAI 1.6's ``DDIMScheduler.step`` does not: see
 ``ddim_step``); ``classifier_free_guidance`` mixes the text-conditional and the unconditional
 output, out = out_uncond + w (out_cond − out_uncond) (w = 1: conditional model, w = 0:
@@ -58,7 +58,7 @@ class DiffusionConfig:
     beta_start: float = 0.0015             # β_1 (linear schedules)
     beta_end: float = 0.0195               # β_T (linear schedules)
     prediction_type: PredictionType = "sample"  # what the denoiser outputs: ε | z^(0) | v
-    inference_steps: int = 2               # k DDIM steps at sampling (x0-prediction needs few; more trade organ for tumour Dice)
+    inference_steps: int = 2               # M DDIM steps at sampling (x0-prediction needs few; more trade organ for tumour Dice)
     eta: float = 0.0                       # DDIM η (0: deterministic given the start noise)
     dice_weight: float = 1.0               # Dice on the decoded ẑ0
     ce_weight: float = 1.0                 # cross-entropy on the decoded ẑ0
@@ -98,7 +98,8 @@ class DiffusionConfig:
 def make_scheduler(cfg: DiffusionConfig, kind: Literal["ddpm", "ddim"] = "ddim") -> Any:
     """A MONAI ``DDPMScheduler`` or ``DDIMScheduler`` for ``cfg`` with ``clip_sample=False``.
 
-    Both hold the same ᾱ_t; training uses ``add_noise`` (Eq. 5), sampling ``DDIMScheduler.step``.
+    Both hold the same ᾱ_t; training uses ``add_noise`` (Eq. 5), sampling the DDIM scheduler's list of
+    timesteps and ᾱ table through ``ddim_step`` (not ``DDIMScheduler.step``, see there).
     """
     from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
@@ -149,7 +150,7 @@ def predicted_x0(scheduler: Any, output: torch.Tensor, z_t: torch.Tensor, t: tor
     Args:
         scheduler: a MONAI scheduler (for ᾱ_t).
         output: (B, k, d, h, w) denoiser output.
-        z_t: (B, k, d, h, w) the noisy input.
+        z_t: (B, k, d, h, w) the noisy input z^(t) (a diffusion time, not the text).
         t: (B,) timesteps.
         prediction_type: what ``output`` is.
     """
@@ -173,15 +174,15 @@ def classifier_free_guidance(uncond: torch.Tensor, cond: torch.Tensor, scale: fl
 
 
 def sampling_timesteps(scheduler: Any, steps: int, start_timestep: int | None = None) -> list[int]:
-    """The k DDIM timesteps, descending: MONAI's list ``round(linspace(T−1, 0, k))``, cut to ``<= start_timestep``.
+    """The M DDIM timesteps, descending: MONAI's list ``round(linspace(T−1, 0, M))``, cut to ``<= start_timestep``.
 
     Args:
-        scheduler: a ``DDIMScheduler`` (``set_timesteps(k)`` is called on it).
-        steps: k.
+        scheduler: a ``DDIMScheduler`` (``set_timesteps(M)`` is called on it).
+        steps: M.
         start_timestep: drop the timesteps above it (the aux start); ``None`` keeps all.
 
     Returns:
-        ``[t_1 > t_2 > … > t_m]`` as Python ints (m = k without a start).
+        ``[t_1 > t_2 > … > t_m]`` as Python ints (m = M without a start).
     """
     scheduler.set_timesteps(steps)
     timesteps = [int(t) for t in scheduler.timesteps]
@@ -199,8 +200,8 @@ def ddim_step(scheduler: Any, output: torch.Tensor, t: int, t_next: int, z_t: to
         σ    = η · sqrt((1 − ᾱ_next) / (1 − ᾱ_t) · (1 − ᾱ_t / ᾱ_next))
         z_next = sqrt(ᾱ_next) ẑ0 + sqrt(1 − ᾱ_next − σ²) ε̂ + σ ξ,   ξ ~ N(0, I)
 
-    Why not ``DDIMScheduler.step``: MONAI 1.6 lists the timesteps as ``round(linspace(T−1, 0, k))``
-    but its ``step`` moves to ``t − T // k``, which is not the next listed timestep (k = 2 lists
+    Why not ``DDIMScheduler.step``: MONAI 1.6 lists the timesteps as ``round(linspace(T−1, 0, M))``
+    but its ``step`` moves to ``t − T // M``, which is not the next listed timestep (M = 2 lists
     [999, 0], yet the first step lands on the noise level of t = 499 and the second call is told
     t = 0). Here the update goes exactly to ``t_next``, so z stays on the schedule the denoiser
     is called with. For eps/v outputs ε̂ is the closed form of the prediction; every formula is the
@@ -211,7 +212,7 @@ def ddim_step(scheduler: Any, output: torch.Tensor, t: int, t_next: int, z_t: to
         output: (B, k, d, h, w) denoiser output at ``t``.
         t: the current timestep.
         t_next: the next listed timestep (< t), or −1 for the last step.
-        z_t: (B, k, d, h, w) the current latent.
+        z_t: (B, k, d, h, w) the current noisy latent z^(t) (a diffusion time, not the text).
         eta: η (0: deterministic).
         generator: RNG for ξ when η > 0 (drawn on the CPU, like MONAI).
 
@@ -240,7 +241,7 @@ def ddim_sample(denoise: DenoiseFn, noise: torch.Tensor, scheduler: Any, steps: 
                 generator: torch.Generator | None = None, start: torch.Tensor | None = None,
                 start_timestep: int | None = None, return_trajectory: bool = False,
                 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
-    """The reverse process written out: k DDIM steps from z^(T) (or a noised start) to ẑ0.
+    """The reverse process written out: M DDIM steps from z^(T) (or a noised start) to ẑ0.
 
     Over the listed timesteps t_1 > … > t_m (``sampling_timesteps``)::
 
@@ -255,7 +256,7 @@ def ddim_sample(denoise: DenoiseFn, noise: torch.Tensor, scheduler: Any, steps: 
         denoise: ``(z_t (B,k,...), t (B,), previous ẑ0 or None) -> output``, guidance included.
         noise: (B, k, d, h, w) ε of the start (pure noise when ``start`` is None).
         scheduler: a ``DDIMScheduler`` (its ``prediction_type`` must match the model).
-        steps: k, DDIM steps over the full schedule.
+        steps: M, DDIM steps over the full schedule.
         eta: η; > 0 adds fresh noise drawn from ``generator``.
         generator: RNG for the η noise.
         start: optional (B, k, d, h, w) latent (e.g. the aux head's) noised to the first listed

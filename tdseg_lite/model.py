@@ -344,18 +344,19 @@ class TextDiffSeg(DiffusionSegmenter):
         """Joint loss: Dice + CE on D(ẑ0) + λ·MSE + aux Dice + CE + aux latent MSE (weights in ``DiffusionConfig``)."""
         device, cfg = self.device(), self.dcfg
         image, labels = self._check_image(batch["image"]).to(device), as_plain(batch["label"]).to(device)
-        z0 = self.encode_labels(labels)
-        feats = self.image_features(image, batch.get(COORD_KEY))
-        cond = self.condition(feats, self.text_embedding(batch, image.shape[0], train=True))
-        terms = self.denoising_terms(z0, cond, labels, feats["skip"])
-        total = cfg.mse_weight * terms["mse"] + terms.get("seg", torch.zeros((), device=device))
+        z0 = self.encode_labels(labels)                                  # 1. z_l^(0) = E_lab(y), frozen
+        feats = self.image_features(image, batch.get(COORD_KEY))        # 2. z_i and the multi-scale features
+        cond = self.condition(feats, self.text_embedding(batch, image.shape[0], train=True))  # 3. prompts (text
+        #    dropout p: the null prompt), z_fused = CMA(z_i, z_t), the aux head ẑ_aux, what the denoiser reads
+        terms = self.denoising_terms(z0, cond, labels, feats["skip"])   # 4. ε, t, Eq. 5, f_θ, MSE, Dice + CE
+        total = cfg.mse_weight * terms["mse"] + terms.get("seg", torch.zeros((), device=device))  # 5. λ·MSE + seg
         aux = cond["aux_latent"]
-        if aux is not None:
-            terms["aux_mse"] = F.mse_loss(aux, z0)
-            idx = self.decode_subset(image.shape[0]).to(device)
+        if aux is not None:                                              # 6. the aux head's own terms:
+            terms["aux_mse"] = F.mse_loss(aux, z0)                       #    latent MSE to z_l^(0)
+            idx = self.decode_subset(image.shape[0]).to(device)          #    Dice + CE of D(ẑ_aux) on a subset
             terms["aux_seg"] = self.seg_loss(self.decode(aux[idx], feats["skip"][idx]), labels[idx])
             total = total + cfg.aux_latent_weight * terms["aux_mse"] + cfg.aux_weight * terms["aux_seg"]
-        return {"loss": total, **{k: v.detach() for k, v in terms.items()}}
+        return {"loss": total, **{k: v.detach() for k, v in terms.items()}}  # 7. the total and each term (logged)
 
     def set_sampling_start(self, start: str | None = None, start_timestep: int | None = None) -> None:
         """Where DDIM sampling starts: ``"noise"`` (N(0, I) at T) or ``"aux"`` (SDEdit-style).

@@ -255,18 +255,20 @@ class DiffusionSegmenter(Segmenter):
                         skip: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Eq. 5 noising, the denoiser, MSE on the target and Dice + CE on the decoded ẑ0."""
         cfg, sched = self.dcfg, self.train_scheduler
-        noise = torch.randn_like(z0)
-        t = sample_timesteps(z0.shape[0], cfg.num_train_timesteps, z0.device)
-        z_t = sched.add_noise(z0, noise, t)
+        noise = torch.randn_like(z0)                                                  # 1. ε ~ N(0, I)
+        t = sample_timesteps(z0.shape[0], cfg.num_train_timesteps, z0.device)         # 2. t ~ U{0, …, T−1}
+        z_noisy = sched.add_noise(z0, noise, t)                                       # 3. z^(t), Eq. 5 (add_noise)
         x0_prev = None
-        if getattr(self, "self_condition", False) and torch.rand(()) < 0.5:
+        if getattr(self, "self_condition", False) and torch.rand(()) < 0.5:          # (optional self-conditioning)
             with torch.no_grad():
-                x0_prev = predicted_x0(sched, self.denoise(z_t, t, cond), z_t, t, cfg.prediction_type)
-        out = self.denoise(z_t, t, cond, x0_prev)
+                x0_prev = predicted_x0(sched, self.denoise(z_noisy, t, cond), z_noisy, t, cfg.prediction_type)
+        out = self.denoise(z_noisy, t, cond, x0_prev)                                 # 4. one denoiser call
+        # 5. λ's term: MSE between the output and its target (ε, z0 or v)
         terms = {"mse": F.mse_loss(out, denoising_target(sched, z0, noise, t, cfg.prediction_type))}
         if cfg.dice_weight or cfg.ce_weight:
-            idx = self.decode_subset(z0.shape[0]).to(z0.device)
-            x0_hat = predicted_x0(sched, out, z_t, t, cfg.prediction_type)
+            idx = self.decode_subset(z0.shape[0]).to(z0.device)                       # 6. decode_fraction of the batch
+            x0_hat = predicted_x0(sched, out, z_noisy, t, cfg.prediction_type)        # 7. ẑ0 from the output
+            # 8. Dice + CE of the decoded ẑ0 against the labels
             terms["seg"] = self.seg_loss(self.decode(x0_hat[idx], None if skip is None else skip[idx]), labels[idx])
         return terms
 
@@ -302,19 +304,19 @@ class DiffusionSegmenter(Segmenter):
         cfg = self.dcfg
         steps = cfg.inference_steps if steps is None else steps
         scale = cfg.guidance_scale if guidance is None else float(guidance)
-        feats = self.image_features(image, coords) if feats is None else feats
+        feats = self.image_features(image, coords) if feats is None else feats      # 1. image features, once
         cond = uncond = None
         if self.text is None:
             cond = self.condition(feats, None)
-        else:
-            if scale != 0:
+        else:                                                                       # 2. the condition with the
+            if scale != 0:                                                          #    prompt (w ≠ 0) and with the
                 cond = self.condition(feats, self.text.embed(text, image.shape[0], image.device))
-            if scale != 1:
+            if scale != 1:                                                          #    null prompt (w ≠ 1)
                 uncond = self.condition(feats, self.text.null(image.shape[0], image.device))
         shape = self.latent_shape(image)
-        noise = torch.randn(shape, generator=generator, device="cpu").to(image.device)
-        start = self.sample_start(feats, cond if cond is not None else uncond)
-        return ddim_sample(self.guided_denoiser(cond, uncond, scale), noise, self.sample_scheduler, steps,
+        noise = torch.randn(shape, generator=generator, device="cpu").to(image.device)  # 3. ε, drawn on the CPU
+        start = self.sample_start(feats, cond if cond is not None else uncond)       # 4. None, or ẑ_aux (start='aux')
+        return ddim_sample(self.guided_denoiser(cond, uncond, scale), noise, self.sample_scheduler, steps,  # 5. DDIM
                            cfg.eta if eta is None else eta, generator, start=start,
                            start_timestep=cfg.start_timestep if start is not None else None,
                            return_trajectory=return_trajectory)
