@@ -15,10 +15,13 @@ and spacing into a RAS volume at ``cfg.spacing``::
          (HU a_min..a_max -> [0, 1], clipped) -> SpatialPadd (>= patch_size)
 
 Training first gives every voxel its normalised position in the whole volume (``coords``,
-``positions.AddCoordinates``, made per sample, not cached), then ``RandCropByPosNegLabeld``
-(``num_samples`` patches per volume, centred on each class in equal shares, or a share
-``pos_fraction`` on foreground with ``crop_centres="foreground"``), flips and a
-small ``RandAffined`` (image, label and coords together) and ``RandShiftIntensityd`` (image only). Both chains end in ``EnsureTyped``: image ``float32 (C, X, Y, Z)``,
+``positions.AddCoordinates``, made per sample, not cached), then draws ``num_samples`` patches per
+volume: by default (``crop_centres="classes"``) ``RandCropByLabelClassesd`` picks the centres per
+class in equal shares (background, kidney, tumour: a third each; it needs ``num_classes``, without
+which ``train_transforms`` falls back to the foreground rule), or with
+``crop_centres="foreground"`` ``RandCropByPosNegLabeld`` centres a share ``pos_fraction`` on
+foreground voxels; then flips, a small ``RandAffined`` (image, label and coords together) and
+``RandShiftIntensityd`` (image only). Both chains end in ``EnsureTyped``: image ``float32 (C, X, Y, Z)``,
 label ``int64 (1, X, Y, Z)`` class indices. MetaTensors keep the affine and the list of applied
 operations, so ``make_inverter`` maps a prediction back onto the original image grid.
 

@@ -1,15 +1,15 @@
 """Conditional 3D denoiser: a MONAI ``DiffusionModelUNet`` that reads the image and the text.
 
-The denoiser ε_θ (or x0_θ, v_θ; see ``diffusion.py``) of TextDiffSeg (paper §1.2, item 6) gets
+The denoiser ε_θ (or x0_θ, v_θ; see ``diffusion.py``) of TextDiffSeg (paper item 6; ``docs/design.md`` §2, §4) gets
 
 * the noisy label latent z_l^(t) (B, k, d, h, w) **concatenated** along channels with the fused
   image-text latent z_fused (B, c, d, h, w) (channel concatenation is how MONAI conditions on an
   image; LDSeg does the same), optionally also with its own previous estimate x̂0 (self-conditioning);
 * the timestep t through MONAI's sinusoidal embedding + MLP, added inside every residual block;
-* the text tokens z_t (B, L, D) as keys/values of **cross-attention**, only at the coarse levels
+* the text tokens z_t (B, L, d_text) as keys/values of **cross-attention**, only at the coarse levels
   (``attention_levels``; at most ``max_attention_tokens`` voxels, e.g. 8³, because attention over
   16³ = 4096 voxels dominates the CPU cost);
-* optionally the pooled text vector p (B, D) as **FiLM** on the time embedding,
+* optionally the pooled text vector p (B, d_text) as **FiLM** on the time embedding,
   emb ← emb ⊙ (1 + γ(p)) + β(p), with γ, β zero-initialised (the block starts as the identity);
 * optionally multi-scale image features added to the UNet's skip connections through
   zero-initialised 1×1×1 convs, the ControlNet mechanism of ``DiffusionModelUNet.forward``.
@@ -41,7 +41,7 @@ __all__ = ["ConditionalDenoiser", "DenoiserConfig", "TextFiLMUNet", "attention_t
 
 @dataclass(frozen=True)
 class DenoiserConfig:
-    """The conditional 3D UNet (paper §1.2, item 6); presets in ``PRESETS``."""
+    """The conditional 3D UNet (paper item 6); presets in ``PRESETS``."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"channels": (8, 16, 16), "num_head_channels": 8},
@@ -88,7 +88,7 @@ class TextFiLMUNet(DiffusionModelUNet):
     """``DiffusionModelUNet`` whose time embedding is modulated by the pooled text (FiLM).
 
     Args:
-        film_dim: D of the pooled text vector; ``None`` builds no FiLM layer.
+        film_dim: d_text, the width of the pooled text vector; ``None`` builds no FiLM layer.
         **kwargs: ``DiffusionModelUNet`` arguments (``spatial_dims=3``, ``in_channels``, ...).
     """
 
@@ -108,8 +108,8 @@ class TextFiLMUNet(DiffusionModelUNet):
         Args:
             x: (B, C_in, d, h, w) input.
             timesteps: (B,) integer timesteps.
-            context: (B, L, D) cross-attention tokens (``None`` without conditioning).
-            pooled: (B, D) pooled text for FiLM (ignored without a FiLM layer).
+            context: (B, L, d_text) cross-attention tokens (``None`` without conditioning).
+            pooled: (B, d_text) pooled text for FiLM (ignored without a FiLM layer).
             skip_residuals: one tensor (or ``None``) per skip connection, added to it (ControlNet).
             mid_residual: added to the middle block's output.
 
@@ -225,8 +225,8 @@ class ConditionalDenoiser(nn.Module):
             z_t: (B, k, d, h, w) noisy latent z_l^(t).
             t: (B,) integer timesteps.
             cond: (B, c, d, h, w) fused image-text latent (concatenated to ``z_t``).
-            tokens: (B, L, D) text tokens for cross-attention.
-            pooled: (B, D) pooled text for FiLM.
+            tokens: (B, L, d_text) text tokens for cross-attention.
+            pooled: (B, d_text) pooled text for FiLM.
             features: multi-scale image features, finest (d, h, w) first.
             self_cond: (B, k, d, h, w) previous x̂0 (zeros if ``None``) when ``cfg.self_condition``.
 

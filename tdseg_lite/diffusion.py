@@ -1,12 +1,12 @@
 """Diffusion on the label latent: schedules, training targets, the sampling loop, guidance, ensembles.
 
-Forward process (paper §1.2, item 5), with ᾱ_t = ∏_{s≤t} (1 − β_s) from a MONAI scheduler::
+Forward process (paper item 5; ``docs/design.md`` §2), with ᾱ_t = ∏_{s≤t} (1 − β_s) from a MONAI scheduler::
 
     z^(t) = sqrt(ᾱ_t) z^(0) + sqrt(1 − ᾱ_t) ε,   ε ~ N(0, I)                      (Eq. 5)
 
 The denoiser predicts one of (``prediction_type``) ε, z^(0) ("sample") or v = sqrt(ᾱ_t) ε −
 sqrt(1 − ᾱ_t) z^(0); each gives the clean estimate ẑ0 in closed form (``predicted_x0``). The
-joint loss (paper §2; LDSeg) decodes ẑ0 and adds Dice + CE to λ·MSE(output, target).
+joint loss (``docs/design.md`` §5; as in LDSeg) decodes ẑ0 and adds Dice + CE to λ·MSE(output, target).
 
 Sampling is an explicit DDIM loop (``ddim_sample``) over ``ddim_step`` (M steps, η), which
 steps to the next *listed* timestep (MONAI 1.6's ``DDIMScheduler.step`` does not: see

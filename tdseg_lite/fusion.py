@@ -1,7 +1,7 @@
-"""3D cross-modal attention: fuse the text embedding into the image latent (paper §1.2, item 3).
+"""3D cross-modal attention: fuse the text embedding into the image latent (paper item 3; ``docs/design.md`` §2, §7).
 
-The paper's equation, with the voxels of z_i flattened to a sequence z'_i (N = d·h·w, c channels)
-as queries and the text tokens z_t (L tokens, D channels) as keys and values::
+The paper's equation, with the voxels of z_i flattened to a sequence z'_i (V = d·h·w voxels, c channels)
+as queries and the text tokens z_t (L tokens of width d_text) as keys and values::
 
     z_fused = z_i + reshape( softmax( z'_i W_q (z_t W_k)^T / sqrt(d_k) ) z_t W_v )      (Eq. CMA)
 
@@ -12,7 +12,7 @@ zero attention, and optional pre-normalisation (GroupNorm on z_i, LayerNorm on z
 
 ``FusionConfig.mode`` selects the ablation:
 
-* ``"tokens"`` -- attend over the L token states (TextDiff's choice, paper.md §5.2);
+* ``"tokens"`` -- attend over the L token states (TextDiff's choice; ``docs/design.md`` §7);
 * ``"pooled"`` -- one pooled text vector as the only key: softmax over one key is identically 1,
   so the block adds the same vector W_o W_v z_t to every voxel -- a learned, text-dependent bias;
 * ``"none"``   -- no text: z_fused = z_i (the block has no parameters).
@@ -42,7 +42,7 @@ FUSION_MODES: tuple[str, ...] = ("tokens", "pooled", "none")
 
 @dataclass(frozen=True)
 class FusionConfig:
-    """3D cross-modal attention (paper §1.2, item 3, Eq. CMA)."""
+    """3D cross-modal attention (paper item 3, Eq. CMA)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"num_heads": 2, "head_dim": 16},
@@ -81,12 +81,12 @@ def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | Non
     """softmax(q k^T / sqrt(d_k)) with padding keys removed (Eq. CMA, the bracket).
 
     Args:
-        q: (B, h, N, d_k) queries (one per voxel).
+        q: (B, h, V, d_k) queries (one per voxel).
         k: (B, h, L, d_k) keys (one per text token).
         mask: (B, L) bool, True for real tokens; padding gets exactly zero weight.
 
     Returns:
-        (B, h, N, L) attention weights; each row sums to 1 over the real tokens.
+        (B, h, V, L) attention weights; each row sums to 1 over the real tokens.
     """
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
     if mask is not None:
@@ -141,7 +141,7 @@ class CrossModalAttention3d(nn.Module):
                 f"head_dim={c.head_dim}, pre_norm={c.pre_norm}")
 
     def _check(self, image: Any, text: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Validate shapes; return (text as (B, L, D), mask as (B, L) bool or None)."""
+        """Validate shapes; return (text as (B, L, d_text), mask as (B, L) bool or None)."""
         if not isinstance(image, torch.Tensor) or image.ndim != 5 or image.shape[1] != self.image_channels:
             shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
             raise UserInputError(f"`image` must be a (B, {self.image_channels}, d, h, w) latent, got {shape}. "
@@ -179,8 +179,8 @@ class CrossModalAttention3d(nn.Module):
 
         Args:
             image: (B, c, d, h, w) image latent z_i.
-            text: (B, L, D) token states z_t (B may be 1 for one prompt for all); mode ``"pooled"``
-                also takes a (B, D) vector.
+            text: (B, L, d_text) token states z_t (B may be 1 for one prompt for all); mode ``"pooled"``
+                also takes a (B, d_text) vector.
             mask: (B, L) bool or 0/1, True for real tokens; ``None`` attends to every token.
             return_attention: also return the attention maps.
             positions: (B, 3, d, h, w) normalised volume coordinates of the voxels
@@ -189,7 +189,7 @@ class CrossModalAttention3d(nn.Module):
                 is taken as the whole volume.
 
         Returns:
-            z_fused (B, c, d, h, w); with ``return_attention`` also the weights (B, h, N, L')
+            z_fused (B, c, d, h, w); with ``return_attention`` also the weights (B, h, V, L')
             with N = d·h·w voxels and L' = L (``tokens``), 1 (``pooled``), or ``None`` (``none``).
         """
         text, mask = self._check(image, text, mask)
@@ -200,7 +200,7 @@ class CrossModalAttention3d(nn.Module):
             text, mask = pooled[:, None, :], None
         b, c, d, h, w = image.shape
         heads, dk = self.cfg.num_heads, self.cfg.head_dim
-        # 1. queries from the voxels z'_i (B, N, c); keys and values from the tokens z_t (B, L, D)
+        # 1. queries from the voxels z'_i (B, V, c); keys and values from the tokens z_t (B, L, d_text)
         voxels = self.norm_image(image)
         if self.to_pos is not None:  # the queries know where each voxel is; keys and values do not change
             if positions is None:
@@ -212,7 +212,7 @@ class CrossModalAttention3d(nn.Module):
             voxels = voxels + self.to_pos(pe.movedim(1, -1)).movedim(-1, 1)
         voxels = voxels.flatten(2).transpose(1, 2)
         tokens = self.norm_text(text).expand(b, -1, -1)
-        q = self.to_q(voxels).view(b, -1, heads, dk).transpose(1, 2)   # (B, h, N, d_k)
+        q = self.to_q(voxels).view(b, -1, heads, dk).transpose(1, 2)   # (B, h, V, d_k)
         k = self.to_k(tokens).view(b, -1, heads, dk).transpose(1, 2)   # (B, h, L, d_k)
         v = self.to_v(tokens).view(b, -1, heads, dk).transpose(1, 2)   # (B, h, L, d_k)
         keep = None if mask is None else mask.expand(b, -1)
@@ -226,6 +226,6 @@ class CrossModalAttention3d(nn.Module):
             attn_mask = None if keep is None else keep[:, None, None, :]
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout)
         # 3. merge heads, project back to c channels, reshape to the grid, add the residual
-        out = self.to_out(out.transpose(1, 2).reshape(b, -1, heads * dk))   # (B, N, c)
+        out = self.to_out(out.transpose(1, 2).reshape(b, -1, heads * dk))   # (B, V, c)
         fused = image + out.transpose(1, 2).reshape(b, c, d, h, w)
         return (fused, weights) if return_attention else fused

@@ -1,4 +1,4 @@
-"""Image feature extractor: CT volume → image latent z_i on the label latent's grid (paper §1.2, item 1).
+"""Image feature extractor: CT volume → image latent z_i on the label latent's grid (paper item 1; ``docs/design.md`` §4).
 
 The paper's 3D image encoder maps x ∈ R^{C×D×H×W} to z_i ∈ R^{c×d×h×w} with the same grid as
 the label latent z_l (d = D/f, ...), so that the denoiser can concatenate or cross-attend them.
@@ -14,8 +14,8 @@ multi-scale denoiser or a full-resolution skip) and ``aux_latent`` (B, k, D/f, H
 auxiliary head that predicts the *label latent* z_l. Decoded by the (frozen) label decoder it
 is a segmentation, so the extractor can be supervised or pre-trained on its own
 (``aux_loss``: DiceCE on ``label_ae.decode(aux_latent)`` + MSE to ``label_ae.encode(y)``), and it
-is a starting point for sampling. The previous calibration found this head works (and that the
-image supervision carries most of a latent-diffusion segmenter's accuracy).
+is a starting point for sampling (``--start aux``). How well the head segments on its own is the
+aux-head row of ``benchmarks/results/quality.md``.
 
 Explained in notebooks/02_label_latent_space.ipynb
 """
@@ -41,7 +41,7 @@ __all__ = ["ImageEncoder", "ImageEncoderConfig", "ImageFeatures", "aux_loss"]
 
 @dataclass(frozen=True)
 class ImageEncoderConfig:
-    """Image feature extractor (paper §1.2, item 1); presets in ``PRESETS``."""
+    """Image feature extractor (paper item 1); presets in ``PRESETS``."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"channels": (8, 16, 16, 32), "latent_channels": 16},

@@ -1,4 +1,4 @@
-"""Label latent space: the 3D shape-aware label autoencoder (paper §1.2, item 4; LDSeg §5.1).
+"""Label latent space: the 3D shape-aware label autoencoder (paper item 4; ``docs/design.md`` §8).
 
 TextDiffSeg diffuses a continuous label latent instead of the label map. The encoder maps the
 one-hot labels Y (B, N, D, H, W) to z_l on a grid f times coarser per axis; the decoder maps a

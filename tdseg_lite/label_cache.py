@@ -21,7 +21,8 @@ file is ignored with a one-line warning and retrained. ``LabelAEConfig.reuse=Fal
     res.model       # LabelAutoencoder in eval mode
     res.reused      # True when it came from the cache; res.seconds: what getting it cost
 
-Explained in notebooks/02_label_latent_space.ipynb
+Used by notebook 03 and by ``tdseg train`` (notebooks 04, 05); the autoencoder itself is explained in
+notebooks/02_label_latent_space.ipynb.
 """
 
 from __future__ import annotations

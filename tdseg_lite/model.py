@@ -1,6 +1,6 @@
 """TextDiffSeg assembled from its parts, the model configs, and ``build_model`` for all three models.
 
-TextDiffSeg (paper §1.2) segments by denoising the label latent z_l, conditioned on the fused
+TextDiffSeg (paper items 1-7, ``docs/design.md`` §2 and §4) segments by denoising the label latent z_l, conditioned on the fused
 image-text latent::
 
     z_i, aux = E_img(x)                       image feature extractor (+ aux head ẑ_aux ≈ z_l)
@@ -9,7 +9,7 @@ image-text latent::
     out      = f_θ(z^(t) ⊕ z_fused, t | z_t)  conditional denoiser -> ẑ0
     ŷ        = D_lab(ẑ0) [+ skip(D_lab(ẑ0), F_0(x))]   label decoder (+ full-resolution image skip)
 
-Joint loss (paper §2, LDSeg): Dice + CE on ŷ + λ·MSE(out, target) + the aux head's Dice + CE and
+Joint loss (``docs/design.md`` §5; as in LDSeg): Dice + CE on ŷ + λ·MSE(out, target) + the aux head's Dice + CE and
 latent MSE; every weight in ``DiffusionConfig``. The label autoencoder is pre-trained and frozen.
 
 ``ModelConfig.model`` selects ``"textdiffseg"``, ``"unet"`` (``baselines.UNetSegmenter``) or
@@ -231,7 +231,7 @@ class ImageSkipDecoder(nn.Module):
 
 
 class TextDiffSeg(DiffusionSegmenter):
-    """Text-guided latent diffusion segmenter (paper §1.2, items 1-7).
+    """Text-guided latent diffusion segmenter (paper items 1-7, ``docs/design.md`` §2).
 
     Args:
         spec: the configs (``ModelSpec.build``).

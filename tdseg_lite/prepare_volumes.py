@@ -7,7 +7,7 @@ qform = sform = the affine. CT stays in HU (``int16`` when the source values are
 labels become ``uint8``.
 
 The ``describe_*`` functions turn a label map into the per-case ``description`` of ``dataset.json``
-(DESIGN §5), e.g. KiTS19 ``"a 4.1 cm tumour in the left kidney; right kidney normal"``:
+(``docs/design.md`` §7), e.g. KiTS19 ``"a 4.1 cm tumour in the left kidney; right kidney normal"``:
 
 * size = diameter of the sphere with the volume of the largest connected component
   (26-connectivity), using the voxel spacing from the affine;

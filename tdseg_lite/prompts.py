@@ -1,7 +1,7 @@
 """Prompts: label names and per-case descriptions -> the text that conditions the model.
 
 TextDiffSeg conditions segmentation on "a description of the anatomical structures and
-pathological features" (paper §1.3). The paper gives no example prompts, so we follow the
+pathological features" (the paper's wording). The paper gives no example prompts, so we follow the
 CLIP-Driven Universal Model's class template ``"A computerized tomography of a {label}."``
 and append the free-text ``description`` of a case (MSD layout) when there is one::
 
@@ -46,7 +46,7 @@ __all__ = [
     "validate_template",
 ]
 
-#: Class template of the CLIP-Driven Universal Model (paper.md §1.3), with a full stop.
+#: Class template of the CLIP-Driven Universal Model, with a full stop.
 TEMPLATE = "A computerized tomography of a {label}."
 #: The "no text" prompt for classifier-free guidance; encoded by ``TextEncoder.null_embedding``.
 NULL_PROMPT = ""
@@ -101,7 +101,7 @@ def join_phrases(phrases: Sequence[str]) -> str:
 
 
 def class_prompt(label: str, template: str = TEMPLATE) -> str:
-    """One prompt for one class: ``template.format(label=label)`` (paper.md §1.3).
+    """One prompt for one class: ``template.format(label=label)`` (the CLIP-Driven Universal Model's template).
 
     The article before ``{label}`` follows the label: "... of an aorta.", "... of a liver."
     """

