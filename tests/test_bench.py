@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -122,3 +123,70 @@ def test_every_published_table_is_stamped_or_its_provenance_is_in_the_readme() -
         assert files, f"tdseg bench all's table {pattern} is missing from benchmarks/results/"
         assert all(STAMP.match(f.read_text().splitlines()[0]) for f in files), f"{pattern} is not stamped"
     assert "<!-- bench:results:begin -->" in readme and "<!-- bench:results:end -->" in readme
+
+
+def _ablation_run(config: str, seed: int, kidney: list[float], tumor: list[float | None]) -> dict:
+    """A record in the layout of ``bench_ablation.run_one`` (no training)."""
+    ab = _bench_module("bench_ablation")
+    run = {"config": config, "seed": seed, "model": "textdiffseg", "set": [], "steps_trained": 10, "seconds_per_case": 1.0,
+           "classes": ["kidney", "tumor"],
+           "cases": [{"case_id": f"c{i}", "dice": {"kidney": k, "tumor": t}} for i, (k, t) in enumerate(zip(kidney, tumor))]}
+    run["mean_dice"] = ab.class_means(run)
+    return run
+
+
+def test_ablation_verdict_needs_the_interval_and_the_noise_floor() -> None:
+    ab = _bench_module("bench_ablation")
+    assert ab.verdict(0.05, 0.01, 0.09, 0.02) and ab.verdict(-0.05, -0.09, -0.01, 0.02)
+    assert not ab.verdict(0.05, -0.01, 0.09, 0.02)          # the interval holds 0
+    assert not ab.verdict(0.015, 0.01, 0.02, 0.02)          # below the floor
+    assert not ab.verdict(0.05, 0.01, 0.09, float("nan"))   # one seed: no floor, nothing is called real
+    sigma, floor = ab.noise_floor([0.02, 0.04, float("nan")], seeds=2)
+    assert sigma == pytest.approx(0.001**0.5) and floor == pytest.approx(2 * 0.001**0.5)
+    assert all(map(math.isnan, ab.noise_floor([0.02], seeds=1)))
+
+
+def test_ablation_paired_bootstrap_drops_undefined_pairs() -> None:
+    ab = _bench_module("bench_ablation")
+    delta, lo, hi = ab.paired_bootstrap([0.8, 0.7, float("nan"), 0.6], [0.7, 0.7, 0.5, 0.5])
+    assert delta == pytest.approx(0.2 / 3) and lo <= delta <= hi
+    assert math.isnan(ab.paired_bootstrap([0.5, 0.6], [0.4, 0.5])[1])  # all differences equal: no interval
+
+
+def test_ablation_aggregate_calls_a_difference_real_only_above_the_noise() -> None:
+    ab = _bench_module("bench_ablation")
+    kidney = [0.90, 0.85, 0.80, 0.88, 0.92, 0.86, 0.83, 0.89]
+    tumor = [0.6, None, 0.5, 0.7, None, 0.55, 0.65, 0.6]  # tumour-free cases: undefined, skipped
+    quiet = [_ablation_run("full", s, [k + 0.005 * s for k in kidney], tumor) for s in (0, 1)]
+    quiet += [_ablation_run("no-text", s, [k - 0.10 + 0.005 * s + 0.01 * (i % 3) for i, k in enumerate(kidney)], tumor)
+              for s in (0, 1)]
+    agg = ab.aggregate(quiet)
+    d = agg["configs"]["no-text"]["delta"]["kidney"]
+    assert d["delta"] == pytest.approx(-0.09, abs=0.01) and d["ci_high"] < 0 and d["real"]
+    assert not agg["configs"]["no-text"]["delta"]["tumor"]["real"]  # the same tumour Dice: no difference
+    assert agg["configs"]["full"]["tumor"]["mean"] == pytest.approx(0.6)
+    # the same per-case drop, but the seeds disagree by more than the drop: the floor refuses it
+    noisy = [_ablation_run("full", s, [k + 0.15 * s for k in kidney], tumor) for s in (0, 1)]
+    noisy += [_ablation_run("no-text", s, [k - 0.10 + 0.15 * (1 - s) + 0.01 * (i % 3) for i, k in enumerate(kidney)],
+                            tumor) for s in (0, 1)]
+    agg = ab.aggregate(noisy)
+    d = agg["configs"]["no-text"]["delta"]["kidney"]
+    assert d["ci_high"] < 0 and abs(d["delta"]) < agg["noise"]["kidney"]["floor"] and not d["real"]
+    # one seed per configuration: no floor, so no verdict of "real"
+    single = ab.aggregate([quiet[0], quiet[2]])
+    assert single["seeds_per_config"] == 1 and not single["configs"]["no-text"]["delta"]["kidney"]["real"]
+
+
+def test_ablation_markdown_states_verdicts_and_what_else_differs() -> None:
+    ab = _bench_module("bench_ablation")
+    runs = [_ablation_run(c, s, [0.9 - (0.2 + 0.01 * (i % 2)) * (c == "no-label-encoder") + 0.01 * s + 0.01 * i
+                              for i in range(6)],
+                          [0.5] * 6) for s in (0, 1) for c in ("full", "no-label-encoder")]
+    report = {"device": "cpu (x86_64), 2 threads", "date": "2026-01-01T00:00:00+00:00", "commit": "abcdef0",
+              "preset": "cpu", "steps": 0, "minutes": 6.0, "seeds": [0, 1], "cases": 6, "eval_steps": 2,
+              "eval_samples": 1, "aggregate": ab.aggregate(runs)}
+    text = "\n".join(ab.markdown(report))
+    assert STAMP.match(text.splitlines()[0])
+    assert "| no-label-encoder | `--model pixel-diffusion` |" in text and "**real**" in text
+    assert "within noise" in text and "real differences: no-label-encoder (Dice kidney)" in text
+    assert ab.ALSO_CHANGES["no-label-encoder"] in text and set(ab.ALSO_CHANGES) == set(ab.CONFIGURATIONS)

@@ -1,0 +1,369 @@
+"""What each part of TextDiffSeg contributes: ``tdseg bench ablation``, configurations × seeds at equal wall clock.
+
+    .venv/bin/python benchmarks/bench_ablation.py                  # 5 configurations x seeds 0,1 x 6 min, cpu preset
+    .venv/bin/python benchmarks/bench_ablation.py --minutes 10 --configs full,no-text --seeds 0,1,2
+    .venv/bin/python benchmarks/bench_ablation.py --preset smoke --steps 3 --configs full,no-text --seeds 0,1 \
+        --val-cases 1 --results-dir /tmp/abl --work /tmp/abl_work    # the plumbing, about a minute
+
+For every seed the label autoencoder of that seed is built first, **outside** the budgets
+(``label_cache.cached_label_autoencoder``, the entry ``tdseg train`` reuses), so each TextDiffSeg
+run only pays for loading it. Then each configuration is trained with
+``tdseg train --preset P --max-minutes M --set train.seed=S --set train.val_every=0 [switch]``
+one after the other (same machine, same threads: equal wall clock, so a cheaper model gets more
+steps; the table shows them), and scored with ``tdseg evaluate``'s evaluator on the validation
+split in the model grid with the same sampler for every diffusion model (``--eval-steps`` DDIM
+steps, ``--eval-samples`` samples, default 2 × 1).
+
+Per configuration the tables give the mean ± sd over seeds of kidney / tumour / mean Dice, and for
+each of them the difference to ``full`` with a 95 % paired bootstrap interval over the validation
+cases (per-case Dice averaged over seeds; ``scipy.stats.bootstrap``, percentile method) and a
+verdict: a difference is called real only when the interval excludes 0 **and** it is larger than
+the noise floor 2·σ·sqrt(2/n) (σ = the pooled seed-to-seed sd of that Dice, n seeds). A last table
+lists what differs besides the switch (``ALSO_CHANGES``). Notebook 06 reads the JSON (papermill
+parameter ``results_json``) and explains every column.
+
+Writes ``results[/gpu_NAME]/ablation.{json,md}`` (stamped: device, threads, date, commit). Runs go
+to ``--work`` (default ``/tmp/tdseg_bench_ablation``) and are reused when their ``ablation_run.json``
+exists with the same budget and sampler (``--fresh`` retrains).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import fmt, results_dir, stamp, title, write_report
+
+from tdseg_lite.utils import pick_device
+
+#: configuration -> (--model, --set items). "full" is TextDiffSeg as built by default.
+CONFIGURATIONS: dict[str, tuple[str, list[str]]] = {
+    "full": ("textdiffseg", []),
+    "no-text": ("textdiffseg", ["model.text_fusion=false"]),
+    "no-image-features": ("textdiffseg", ["model.image_features=false"]),
+    "no-label-encoder": ("pixel-diffusion", []),
+    "no-aux-condition": ("textdiffseg", ["model.aux_condition=false", "model.aux_residual=false"]),
+    "pooled-text": ("textdiffseg", ["fusion.mode=pooled"]),
+    "k16": ("textdiffseg", ["label_ae.latent_channels=16"]),
+}
+DEFAULT_CONFIGS = "full,no-text,no-image-features,no-label-encoder,no-aux-condition"
+#: what changes besides the named switch (equal wall clock also gives every configuration its own
+#: number of steps, shown in the table). "–": only the switch.
+ALSO_CHANGES: dict[str, str] = {
+    "full": "–",
+    "no-text": "– (the cross-modal attention, the denoiser's cross-attention and FiLM are one switch; "
+               "text dropout then has nothing to drop)",
+    "no-image-features": "the aux head goes with E_img, so the aux condition, aux residual and aux loss terms go "
+                         "too; z_i is the image + coordinates space-to-depth (4·f³ channels); the skip decoder "
+                         "reads the raw 4 input channels; the denoiser gets no multi-scale image features",
+    "no-label-encoder": "a different model (`--model pixel-diffusion`): no label autoencoder (nothing pre-trained), "
+                        "no E_img (the condition is the raw image + coordinates), no cross-modal attention (text "
+                        "only through the denoiser's cross-attention and FiLM), no aux head, no skip decoder; its "
+                        "denoiser works at full resolution with `model.pixel_channels`, attention only at the "
+                        "coarsest level, no multi-scale features",
+    "no-aux-condition": "– (the aux head is still trained with its loss terms; the denoiser's condition has c "
+                        "instead of c + k channels and it predicts ẑ0 directly, not ẑ_aux + f_θ)",
+    "pooled-text": "– (only the cross-modal attention reads the pooled vector; the denoiser's cross-attention "
+                   "still reads the tokens and FiLM the pooled vector, as in full)",
+    "k16": "its own label autoencoder (trained for k = 16: another reconstruction ceiling); the denoiser's and "
+           "the aux head's latent width follow k",
+}
+
+
+def tdseg(*args: str) -> float:
+    """Run ``python -m tdseg_lite.cli ARGS``; returns its wall seconds (raises on failure)."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "tdseg_lite.cli", *args], check=True)
+    return time.perf_counter() - start
+
+
+def prewarm_label_ae(args: argparse.Namespace, config: str, seed: int) -> dict[str, Any] | None:
+    """Build (or load) the label autoencoder a run of ``config`` and ``seed`` will reuse; None without one."""
+    model, sets = CONFIGURATIONS[config]
+    if model != "textdiffseg":
+        return None
+    from tdseg_lite.config import parse_set_arguments
+    from tdseg_lite.data import default_dataset, load_labels
+    from tdseg_lite.label_cache import cached_label_autoencoder
+    from tdseg_lite.runs import RunPlan
+
+    sets_dict = parse_set_arguments(sets + args.set)  # typed as `tdseg train --set` reads them (same cache key)
+    plan = RunPlan.build(args.preset, model, sets_dict)
+    root = default_dataset(plan.data, args.data, artifacts=args.work)  # where `tdseg train` finds it too
+    plan = RunPlan.build(args.preset, model, sets_dict, num_classes=len(load_labels(root)))
+    res = cached_label_autoencoder(plan.data, root, plan.spec.label_ae, seed=seed)
+    return {"source": res.source, "seconds": round(res.seconds, 1), "steps": res.steps}
+
+
+def steps_trained(folder: Path) -> int:
+    """The last step in a run's ``log.csv`` (0 when it logged none)."""
+    with (folder / "log.csv").open(newline="") as fh:
+        steps = [int(float(r["step"])) for r in csv.DictReader(fh) if r.get("step")]
+    return steps[-1] if steps else 0
+
+
+def run_one(args: argparse.Namespace, config: str, seed: int, runner: Callable[..., float] = tdseg) -> dict[str, Any]:
+    """Train and evaluate one (configuration, seed); reuses a finished run unless ``--fresh``.
+
+    ``runner(*cli_args)`` runs one ``tdseg`` command and returns its wall seconds (default: a fresh
+    process; notebook 06 passes one that calls ``tdseg_lite.cli.main`` in its own kernel).
+    """
+    folder = Path(args.work) / f"{config}_seed{seed}"
+    record = folder / "ablation_run.json"
+    budget = {"preset": args.preset, "minutes": args.minutes, "steps": args.steps, "set": args.set,
+              "eval_steps": args.eval_steps, "eval_samples": args.eval_samples, "val_cases": args.val_cases}
+    if record.is_file() and not args.fresh:
+        old = json.loads(record.read_text())
+        if old.get("budget") == budget:
+            return old
+    model, sets = CONFIGURATIONS[config]
+    train = ["train", "--out", str(folder), "--preset", args.preset, "--model", model, "--quiet",
+             "--device", args.device, "--set", f"train.seed={seed}", "--set", "train.val_every=0",
+             "--set", "train.val_max_cases=1", "--set", "train.val_steps=1"]  # the end-of-run check: cheap
+    train += ["--data", args.data] if args.data else []
+    train += [x for item in sets + args.set for x in ("--set", item)]
+    train += ["--set", f"train.max_steps={args.steps}"] if args.steps else ["--max-minutes", str(args.minutes)]
+    if folder.exists():
+        shutil.rmtree(folder)
+    wall = runner(*train)
+    metrics = folder / "metrics.json"
+    runner("evaluate", "--run", str(folder), "--out", str(metrics), "--which", "last", "--space", "model", "--quiet",
+          "--steps", str(args.eval_steps), "--samples", str(args.eval_samples), "--device", args.device,
+          *(["--max-cases", str(args.val_cases)] if args.val_cases else []),
+          *(["--data", args.data] if args.data else []))
+    m = json.loads(metrics.read_text())
+    config_json = json.loads((folder / "config.json").read_text())
+    out = {"config": config, "seed": seed, "model": model, "set": sets, "budget": budget, "train_wall_s": round(wall, 1),
+           "steps_trained": steps_trained(folder), "label_ae": config_json.get("label_ae"),
+           "seconds_per_case": m["seconds_per_case"], "classes": m["classes"],
+           "cases": [{"case_id": c["case_id"], "dice": c["dice"]} for c in m["cases"]]}
+    out["mean_dice"] = class_means(out)
+    record.write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+def _finite(values: Any) -> list[float]:
+    return [float(v) for v in values if v is not None and not math.isnan(v)]
+
+
+def case_mean(dice: dict[str, float | None]) -> float:
+    """Mean Dice over the classes defined in one case (NaN when none is)."""
+    values = _finite(dice.values())
+    return sum(values) / len(values) if values else math.nan
+
+
+def case_score(case: dict[str, Any], key: str) -> float:
+    """One case's Dice of class ``key``, or its ``case_mean`` for ``key == "mean"`` (NaN when undefined)."""
+    value = case_mean(case["dice"]) if key == "mean" else case["dice"].get(key)
+    return math.nan if value is None else float(value)
+
+
+def class_means(run: dict[str, Any]) -> dict[str, float]:
+    """NaN-skipping mean Dice per class over a run's cases, plus ``"mean"`` (of the per-case means)."""
+    out = {}
+    for key in [*run["classes"], "mean"]:
+        values = _finite(case_score(c, key) for c in run["cases"])
+        out[key] = sum(values) / len(values) if values else math.nan
+    return out
+
+
+def paired_bootstrap(a: list[float], b: list[float], n_resamples: int = 5000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of a − b over paired cases and its 95 % percentile bootstrap interval (``scipy.stats.bootstrap``).
+
+    Pairs where either value is NaN are dropped; with fewer than 2 pairs, or all differences equal,
+    the interval is undefined (NaN, NaN). ``notebooks/06_ablations.ipynb`` derives the same interval
+    by hand (``naive_paired_bootstrap``).
+    """
+    from scipy.stats import bootstrap
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    d = d[np.isfinite(d)]
+    if len(d) < 2 or np.all(d == d[0]):
+        return (float(d.mean()) if len(d) else math.nan), math.nan, math.nan
+    res = bootstrap((d,), np.mean, n_resamples=n_resamples, method="percentile", rng=np.random.default_rng(seed))
+    return float(d.mean()), float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def noise_floor(sds: list[float], seeds: int) -> tuple[float, float]:
+    """(σ, 2·σ·sqrt(2/n)): the pooled seed-to-seed sd and the smallest difference of two n-seed means called real.
+
+    σ = sqrt(mean of the per-configuration variances); the difference of two means of n seeds each
+    has sd σ·sqrt(2/n), and twice that is about a 95 % band. NaN with fewer than 2 seeds.
+    """
+    sds = _finite(sds)
+    if not sds or seeds < 2:
+        return math.nan, math.nan
+    sigma = math.sqrt(sum(s * s for s in sds) / len(sds))
+    return sigma, 2 * sigma * math.sqrt(2 / seeds)
+
+
+def verdict(delta: float, lo: float, hi: float, floor: float) -> bool:
+    """Real only when the interval excludes 0 **and** ``|delta|`` exceeds the noise floor (NaN anywhere: not real)."""
+    if any(math.isnan(v) for v in (delta, lo, hi, floor)):
+        return False
+    return (lo > 0 or hi < 0) and abs(delta) > floor
+
+
+def verdict_text(delta: dict[str, Any]) -> str:
+    """The verdict cell of one difference: real, within noise, or no interval (fewer than 2 usable cases)."""
+    if delta["real"]:
+        return "**real**"
+    return "no interval" if math.isnan(delta["ci_low"]) else "within noise"
+
+
+def aggregate(runs: list[dict[str, Any]], reference: str = "full") -> dict[str, Any]:
+    """Per configuration: mean ± sd over seeds; per Dice key the noise floor; Δ vs ``reference`` with a paired CI.
+
+    Returns ``{"configs": {cfg: {"seeds", "steps", "seconds_per_case", KEY: {"mean", "sd"}, "per_case":
+    {KEY: {case_id: Dice averaged over seeds}}, "delta": {KEY: {"delta", "ci_low", "ci_high", "real"}}}},
+    "noise": {KEY: {"sd", "floor"}}, "seeds_per_config", "reference", "keys"}`` with KEY = each class and "mean".
+    """
+    configs = list(dict.fromkeys(r["config"] for r in runs))
+    keys = [*runs[0]["classes"], "mean"]
+    table: dict[str, Any] = {}
+    for cfg in configs:
+        mine = [r for r in runs if r["config"] == cfg]
+        entry: dict[str, Any] = {"seeds": [r["seed"] for r in mine],
+                                 "steps": statistics.mean(r["steps_trained"] for r in mine),
+                                 "seconds_per_case": statistics.mean(r["seconds_per_case"] for r in mine)}
+        for key in keys:
+            values = _finite(r["mean_dice"][key] for r in mine)
+            entry[key] = {"mean": statistics.mean(values) if values else math.nan,
+                          "sd": statistics.stdev(values) if len(values) > 1 else math.nan}
+        # per case, the Dice averaged over seeds (every run scores the same validation split)
+        ids = [c["case_id"] for c in mine[0]["cases"]]
+        entry["per_case"] = {}
+        for key in keys:
+            per = {}
+            for cid in ids:
+                vals = _finite(case_score(c, key) for r in mine for c in r["cases"] if c["case_id"] == cid)
+                per[cid] = sum(vals) / len(vals) if vals else math.nan
+            entry["per_case"][key] = per
+        table[cfg] = entry
+    n = min(len(e["seeds"]) for e in table.values())
+    noise = {}
+    for key in keys:
+        sigma, floor = noise_floor([e[key]["sd"] for e in table.values()], n)
+        noise[key] = {"sd": sigma, "floor": floor}
+    if reference in table:
+        ref = table[reference]
+        for cfg, e in table.items():
+            if cfg == reference:
+                continue
+            e["delta"] = {}
+            for key in keys:
+                ids = [cid for cid in ref["per_case"][key] if cid in e["per_case"][key]]
+                delta, lo, hi = paired_bootstrap([e["per_case"][key][i] for i in ids],
+                                                 [ref["per_case"][key][i] for i in ids])
+                e["delta"][key] = {"delta": delta, "ci_low": lo, "ci_high": hi,
+                                   "real": verdict(delta, lo, hi, noise[key]["floor"])}
+    return {"configs": table, "noise": noise, "seeds_per_config": n, "reference": reference, "keys": keys}
+
+
+def switch_text(config: str) -> str:
+    """The command-line switch of a configuration, as markdown."""
+    model, sets = CONFIGURATIONS[config]
+    return " ".join(f"`{s}`" for s in sets) or (f"`--model {model}`" if model != "textdiffseg" else "–")
+
+
+def markdown(report: dict[str, Any]) -> list[str]:
+    """The tables of ``ablation.md``: Dice mean ± sd, the differences to full with their verdicts, what else differs."""
+    agg, keys = report["aggregate"], report["aggregate"]["keys"]
+    budget = f"{report['steps']} steps" if report["steps"] else f"{report['minutes']:g} min"
+    names = {k: ("mean Dice" if k == "mean" else f"Dice {k}") for k in keys}
+    lines = [title(report, "Ablations at equal budget", f"{budget} per run, {report['preset']} preset, seeds "
+                   + ",".join(map(str, report["seeds"])) + f", {report['cases']} validation cases, model grid"), "",
+             "| configuration | switch | steps in budget | " + " | ".join(f"{names[k]} (mean ± sd)" for k in keys) + " |",
+             "|---|---|---|" + "---|" * len(keys)]
+    for cfg, e in agg["configs"].items():
+        cells = [f"{fmt(e[k]['mean'])} ± {fmt(e[k]['sd'])}" for k in keys]
+        lines.append(f"| {cfg} | {switch_text(cfg)} | {e['steps']:.0f} | " + " | ".join(cells) + " |")
+    ref = agg["reference"]
+    lines += ["", f"| Δ vs {ref} [95 % paired bootstrap CI] | " + " | ".join(names[k] for k in keys) + " |",
+              "|---|" + "---|" * len(keys)]
+    for cfg, e in agg["configs"].items():
+        if "delta" not in e:
+            continue
+        cells = []
+        for k in keys:
+            d = e["delta"][k]
+            cells.append(f"{fmt(d['delta'])} [{fmt(d['ci_low'])}, {fmt(d['ci_high'])}] {verdict_text(d)}")
+        lines.append(f"| {cfg} | " + " | ".join(cells) + " |")
+    floors = ", ".join(f"{names[k]} σ = {fmt(agg['noise'][k]['sd'])}, floor {fmt(agg['noise'][k]['floor'])}"
+                       for k in keys)
+    real = [f"{cfg} ({names[k]})" for cfg, e in agg["configs"].items() for k in keys
+            if e.get("delta", {}).get(k, {}).get("real")]
+    lines += ["", (f"Noise floor (pooled seed-to-seed sd σ over the configurations, floor = 2·σ·sqrt(2/n), "
+                   f"n = {agg['seeds_per_config']} seeds): {floors}. A difference is called real when its paired "
+                   "bootstrap interval over the validation cases (per-case Dice averaged over seeds) excludes 0 and "
+                   "it exceeds the floor."),
+              "", "Verdict: " + (("real differences: " + "; ".join(real) + ".") if real else
+                                 "no difference to the full model is larger than the noise."),
+              "", "| configuration | what differs besides the switch |", "|---|---|"]
+    lines += [f"| {cfg} | {ALSO_CHANGES[cfg]} |" for cfg in agg["configs"]]
+    lines += ["", (f"Equal wall clock: a cheaper configuration gets more steps (column 3). Every diffusion model "
+                   f"sampled with DDIM {report['eval_steps']} × {report['eval_samples']}; the label autoencoder of "
+                   "each seed was built before the timed runs (only its load counts).")]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"comma-separated, from {', '.join(CONFIGURATIONS)}")
+    ap.add_argument("--seeds", default="0,1", help="comma-separated train.seed values (>= 2 for a noise floor)")
+    ap.add_argument("--minutes", type=float, default=6.0, help="wall-clock budget per run")
+    ap.add_argument("--steps", type=int, default=0, help="train.max_steps instead of a wall-clock budget (smoke tests)")
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--data", default="", help="MSD-layout dataset (default: the phantom under --work)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    ap.add_argument("--eval-steps", type=int, default=2)
+    ap.add_argument("--eval-samples", type=int, default=1)
+    ap.add_argument("--val-cases", type=int, default=0, help="validation cases scored (0: all)")
+    ap.add_argument("--work", default="/tmp/tdseg_bench_ablation", help="run folders (reused unless --fresh)")
+    ap.add_argument("--fresh", action="store_true")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--results-dir", default=None, help="where the tables go (default results[/gpu_NAME]/)")
+    args = ap.parse_args(argv)
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in configs if c not in CONFIGURATIONS]
+    if unknown:
+        ap.error(f"--configs: unknown {unknown}; choose from {', '.join(CONFIGURATIONS)}")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    args.device = str(device)
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    os.environ["TDSEG_ARTIFACTS"] = str(Path(args.work).resolve())  # the phantom of every run and of the prewarm
+    prewarm = {f"{c}_seed{s}": prewarm_label_ae(args, c, s) for s in seeds for c in configs}
+    runs = [run_one(args, c, s) for s in seeds for c in configs]
+    report = {**stamp(device, args.threads), "preset": args.preset, "minutes": args.minutes, "steps": args.steps,
+              "seeds": seeds, "configs": configs, "eval_steps": args.eval_steps, "eval_samples": args.eval_samples,
+              "cases": len(runs[0]["cases"]), "classes": runs[0]["classes"], "work": args.work,
+              "label_ae_prewarm": prewarm, "also_changes": {c: ALSO_CHANGES[c] for c in configs},
+              "switches": {c: switch_text(c) for c in configs}, "runs": runs}
+    report["aggregate"] = aggregate(runs)
+    results = Path(args.results_dir) if args.results_dir else results_dir(device)
+    write_report(results / "ablation", report, markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
