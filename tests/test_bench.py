@@ -181,7 +181,8 @@ def test_ablation_markdown_states_verdicts_and_what_else_differs() -> None:
     ab = _bench_module("bench_ablation")
     runs = [_ablation_run(c, s, [0.9 - (0.2 + 0.01 * (i % 2)) * (c == "no-label-encoder") + 0.01 * s + 0.01 * i
                               for i in range(6)],
-                          [0.5] * 6) for s in (0, 1) for c in ("full", "no-label-encoder")]
+                          [0.5 + 0.01 * (-1) ** i * (c != "full") for i in range(6)])  # tumour: noise only
+            for s in (0, 1) for c in ("full", "no-label-encoder")]
     report = {"device": "cpu (x86_64), 2 threads", "date": "2026-01-01T00:00:00+00:00", "commit": "abcdef0",
               "preset": "cpu", "steps": 0, "minutes": 6.0, "seeds": [0, 1], "cases": 6, "eval_steps": 2,
               "eval_samples": 1, "aggregate": ab.aggregate(runs)}
