@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh .venv
 ART="$(mktemp -d -t tdseg-test-XXXXXX)"
 trap 'rm -rf "$ART"' EXIT
-export TDSEG_PRESET=smoke TDSEG_ARTIFACTS="$ART" TDSEG_STATIC_VIEWER=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export TDSEG_PRESET=smoke TDSEG_ARTIFACTS="$ART" TDSEG_CACHE="$ART/cache" TDSEG_STATIC_VIEWER=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 .venv/bin/python -m pytest -p no:cacheprovider -q \
   --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
   --nbval-cell-timeout 300 \

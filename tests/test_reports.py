@@ -24,8 +24,8 @@ from tdseg_lite.reports import (
 
 PHANTOM = [
     "A 3.4 cm tumour with a necrotic centre in the lower pole of the left kidney; the right kidney is normal.",
-    "A 3.2 cm tumour in the interpolar region of the right kidney and a 3.5 cm tumour with a necrotic centre in the "
-    "interpolar region of the left kidney.",
+    ("A 3.2 cm tumour in the interpolar region of the right kidney and a 3.5 cm tumour with a necrotic centre in the "
+     "interpolar region of the left kidney."),
     "A 2.5 cm exophytic tumour in the upper pole of the right kidney; the left kidney is normal.",
     "Both kidneys are normal; no renal tumour.",
 ]

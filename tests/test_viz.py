@@ -75,7 +75,7 @@ def test_default_slices_cut_through_a_structure_not_between_two() -> None:
     lab[4:12, 6:14, 6:14] = 1      # right-hand "kidney"
     lab[28:36, 6:14, 6:14] = 1     # left-hand "kidney" with a tumour
     lab[30:33, 8:11, 8:11] = 2
-    x, y, z = viz._center_of(lab, lab.shape)
+    x, _y, _z = viz._center_of(lab, lab.shape)
     assert 28 <= x < 36, "the sagittal slice must pass through the kidney with the rarest label, not the midline"
     fig = viz.show_slices(np.zeros(lab.shape, dtype=np.float32), lab)
     sagittal = viz._plane_slice(lab, "sagittal", x)
