@@ -8,6 +8,11 @@ The run folder holds, for every notebook ``NN_name``:
 ``NN_name.ipynb`` (executed), ``NN_name.html`` and ``artifacts/NN_name/summary.json`` (plus the
 pictures and checkpoints it saved), and ``run.json`` with the preset, timings and status.
 The first failing notebook stops the run (exit status 1); its executed copy shows the error.
+
+The HTML renders its equations offline: when the ``jupyter-server-mathjax`` package is installed,
+its MathJax 2 copy is placed in ``mathjax/`` of the run folder and nbconvert points the pages at
+it (``--HTMLExporter.mathjax_url``), so the folder can be opened anywhere without a network;
+without that package the pages load MathJax from nbconvert's default CDN.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -54,6 +60,44 @@ def _generate_dataset(preset: str, artifacts: Path) -> str:
     return str(path)
 
 
+#: MathJax settings for the copy in the run folder: it ships only the STIX web fonts (no TeX fonts)
+_MATHJAX_LOCAL_CONFIG = """MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], preferredFont: null,
+                                 webFont: "STIX-Web", imageFont: null}});
+MathJax.Ajax.loadComplete("[MathJax]/config/local/tdseg.js");
+"""
+
+
+def offline_mathjax(out: Path) -> str | None:
+    """Copy a locally installed MathJax into ``out/mathjax``; the page-relative URL for nbconvert, or None.
+
+    The copy comes from the ``jupyter-server-mathjax`` package (MathJax 2.7, the version nbconvert's
+    HTML template is written for). ``None`` when the package is missing: nbconvert then uses its CDN.
+    """
+    try:
+        import jupyter_server_mathjax
+    except ImportError:
+        return None
+    source = Path(jupyter_server_mathjax.__file__).parent / "static"
+    if not (source / "MathJax.js").is_file():
+        return None
+    target = out / "mathjax"
+    if not (target / "MathJax.js").is_file():
+        shutil.copytree(source, target, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("a11y", "SVG"))  # accessibility maps, SVG output: unused
+    local = target / "config" / "local"
+    local.mkdir(parents=True, exist_ok=True)
+    (local / "tdseg.js").write_text(_MATHJAX_LOCAL_CONFIG)
+    return "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe,local/tdseg"
+
+
+def export_html(notebook: Path, mathjax_url: str | None) -> int:
+    """nbconvert ``notebook`` to HTML next to it (equations through ``mathjax_url`` when given)."""
+    cmd = [sys.executable, "-m", "nbconvert", "--to", "html", "--log-level", "WARN", str(notebook)]
+    if mathjax_url:
+        cmd.insert(-1, f"--HTMLExporter.mathjax_url={mathjax_url}")
+    return subprocess.run(cmd, check=False).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     import papermill as pm
@@ -72,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         dataset = _generate_dataset(args.preset, artifacts)
         record["dataset"] = {"path": dataset, "seconds": round(time.perf_counter() - t0, 1)}
         print(f"[series] dataset ready: {dataset} ({record['dataset']['seconds']} s)", flush=True)
+    mathjax_url = offline_mathjax(out)
+    record["mathjax"] = "offline: mathjax/ in the run folder" if mathjax_url else "CDN (pip install jupyter-server-mathjax for offline)"
     status = 0
     for book in _notebooks(args.only):
         target = out / book.name
@@ -86,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             entry["status"] = f"failed: {type(err).__name__}"
             status = 1
         entry["seconds"] = round(time.perf_counter() - t0, 1)
-        subprocess.run([sys.executable, "-m", "nbconvert", "--to", "html", "--log-level", "WARN", str(target)], check=False)
+        export_html(target, mathjax_url)
         summary = artifacts / book.stem / "summary.json"
         entry["summary"] = str(summary.relative_to(out)) if summary.exists() else None
         record["notebooks"].append(entry)
