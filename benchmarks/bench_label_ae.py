@@ -1,7 +1,7 @@
 """Label autoencoder: reconstruction Dice vs latent size vs cost, under a fixed training budget.
 
 The latent-diffusion segmenter can never beat its label autoencoder: dec(enc(y)) is its ceiling.
-A previous calibration (shared/reference/calibration.md) measured a small stride-conv/transposed-conv
+An earlier prototype of ours measured a small stride-conv/transposed-conv
 AE with a tanh latent (k=4, f=4) at kidney 0.948 / tumour 0.869 after 120 s of CPU training -- below
 a plain UNet (0.955). This benchmark trains several ``LabelAEConfig`` variants for the same budget
 on the phantom's kidney labels and scores them on held-out phantom cases.
@@ -55,7 +55,7 @@ from tdseg_lite.utils import atomic_write_text, pick_device, seed_everything, ve
 RESULTS = Path(__file__).resolve().parent / "results" / "label_ae.json"
 GOALS = {"organ_dice": 0.98, "tumour_ge_1cm_dice": 0.95}
 
-#: name -> LabelAEConfig overrides. "calib_*" reproduces the calibration's design (stride convs,
+#: name -> LabelAEConfig overrides. "calib_*" reproduces that earlier prototype's design (stride convs,
 #: transposed convs, tanh latent, width 16); "sub_*" is the sub-pixel design trained from random
 #: weights; "pca_*" is the package default (sub-pixel design + a linear block code initialised by
 #: class-weighted PCA and kept fixed, lr 1e-3); "*_only" trains 0 steps (PCA alone).
@@ -81,7 +81,7 @@ DEFAULT = "calib_k4_tanh,sub_k8_random,pca_k16,pca_k32"
 
 
 class CalibrationAE(LabelAutoencoder):
-    """The previous calibration's design: stride-2 convs down, transposed convs up, tanh on the latent.
+    """The earlier prototype's design: stride-2 convs down, transposed convs up, tanh on the latent.
 
     Same interface as ``LabelAutoencoder`` (so the package's training and scoring run unchanged); the
     convolutions run at every resolution from the full grid down, with widths halving towards it.
@@ -189,7 +189,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
          f"Train: {meta['train_cases']} phantom cases, test: {meta['test_cases']} held-out cases "
          f"({meta['tumours_ge_1cm']} tumours >= 1 cm)."), "",
         ("Goals: organ Dice >= 0.98 and tumours >= 1 cm >= 0.95 (Dice of each connected tumour, mean / worst). "
-         "calib_* = the previous calibration's design (stride-2 and transposed convs, tanh latent); sub_* = "
+         "calib_* = the earlier stride-conv prototype (stride-2 and transposed convs, tanh latent); sub_* = "
          "sub-pixel design from random weights; pca_* = the package default (class-weighted PCA linear path, "
          "frozen, + nonlinear path trained at lr 1e-3); *_only = PCA alone (0 steps). Load averages above 2 mean "
          "other processes shared the 2 cores: step counts (and ms) are then low. Re-run: "

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_quality.py --minutes 15 --models unet,textdiffseg,pixel-diffusion
     .venv/bin/python benchmarks/bench_quality.py --minutes 2 --models textdiffseg --set diffusion.mse_weight=0.5
 
-Protocol (as in shared/reference/calibration.md): the phantom kidney task with the ``cpu`` data
+Protocol: the phantom kidney task with the ``cpu`` data
 preset (40 cases, 3 mm, 64³ patches, 32 train / 8 val), every volume cached in RAM before the
 clock starts, ``torch.set_num_threads(2)``, models trained one after another. The budget is wall
 clock and includes everything a model needs (TextDiffSeg: its label-autoencoder phase too).

@@ -114,7 +114,7 @@ def worker(args: argparse.Namespace) -> int:
     seed_everything(args.seed)
     spec = ModelSpec.build(args.preset, {**{k: v for k, v in sets.items() if not k.startswith(("train.", "data."))},
                                          "model": name})
-    tcfg = build_config(TrainConfig, args.preset, {"seed": args.seed,
+    tcfg = build_config(TrainConfig, args.preset, {"seed": args.seed, "device": args.device,
                                                     **{k[6:]: v for k, v in sets.items() if k.startswith("train.")}})
     encoder = make_text_encoder(spec.text) if spec.model.text_fusion and name != "unet" else None
     model = build_model(spec, text_encoder=encoder, phrases=dataset_prompts("phantom_kidney").phrases,
@@ -146,6 +146,7 @@ def worker(args: argparse.Namespace) -> int:
                 with torch.no_grad():
                     probs = sliding_window_predict(view, image, prompt, roi_size=dcfg.patch_size, **kw)
                 seconds.append(time.perf_counter() - t0)
+                probs = probs.cpu()
                 m = case_metrics(probs, lab, 3, dcfg.spacing)
                 pred, truth = probs.argmax(1)[0], lab[0, 0]
                 rows.append({"dice_kidney": m["dice"][0], "dice_tumour": m["dice"][1],
@@ -216,8 +217,8 @@ def verdicts(agg: dict[str, Any], tds: str = "textdiffseg", unet: str = "unet") 
 def markdown(report: dict[str, Any]) -> list[str]:
     agg, a = report["aggregate"], report["args"]
     lines = [title(report, "Text effect: six report conditions", f"{a['minutes']} min per run, seeds {a['seeds']}"),
-             "", (f"Training: cpu preset, {a['minutes']} min wall clock per run, {a['parallel']} runs at a time with "
-             f"{a['threads']} thread(s) each; label autoencoder reused from the cache. Test: {a['test_cases']} new "
+             "", (f"Training: {a['preset']} preset on {a.get('device', 'cpu')}, {a['minutes']} min wall clock per run, "
+             f"{a['parallel']} runs at a time with {a['threads']} thread(s) each; label autoencoder reused from the cache. Test: {a['test_cases']} new "
              f"phantom cases (seed {a['test_seed']}). TextDiffSeg sampler: {a['steps'] or 'default'} DDIM steps × "
              f"{a['samples']} sample(s). Mean ± sd over seeds."), "",
              "| model | condition | Dice kidney | Dice tumour | tumour FP mL / tumour-free case | tumour on the named side |",
@@ -248,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=1, help="samples per prediction (TextDiffSeg)")
     ap.add_argument("--parallel", type=int, default=2, help="runs at a time")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda | auto (training and prediction; use --parallel 1 on one GPU)")
     ap.add_argument("--work", default="/tmp/tdseg_bench_text", help="run folder (results per run, artifacts)")
     ap.add_argument("--fresh", action="store_true", help="ignore stored run results")
     ap.add_argument("--out", default=None, help="report stem (default results/text_effect)")
@@ -271,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, __file__, "--worker", "--models", spec, "--seed", str(seed), "--result", str(result),
                    "--minutes", str(args.minutes), "--preset", args.preset, "--test-cases", str(args.test_cases),
                    "--test-seed", str(args.test_seed), "--samples", str(args.samples), "--threads", str(args.threads),
+                   "--device", args.device,
                    "--work", str(work), *(["--steps", str(args.steps)] if args.steps else []),
                    *[f"--set={s}" for s in args.set]]
             jobs.append((label, seed, cmd))
@@ -293,9 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     runs = [json.loads((work / "runs" / f"{label}_seed{seed}.json").read_text())
             for seed in seeds for label in models]
     agg = aggregate(runs)
-    report = {**stamp(torch.device("cpu"), args.threads), "args": vars(args), "aggregate": agg,
+    from tdseg_lite.utils import pick_device
+
+    device = pick_device(args.device)
+    report = {**stamp(device, args.threads), "args": vars(args), "aggregate": agg,
               "verdicts": verdicts(agg), "runs": runs}
-    out = Path(args.out) if args.out else results_dir(torch.device("cpu")) / "text_effect"
+    out = Path(args.out) if args.out else results_dir(device) / "text_effect"
     write_report(out, report, markdown(report))
     return 0
 

@@ -74,7 +74,7 @@ def citations(text: str) -> list[tuple[int, str]]:
     "(paper" + ".md §5.2)",
     "TextDiffSeg (paper " + "§1.2, item 3)",
     "the previous " + "calibration measured 9.2 s",
-    "the calibration" + "'s design got 69 steps",
+    "the calib" + "ration's design got 69 steps",
     "see stack" + ".md",
     "the stack " + "probe found",
     "aesthetics" + ".md",
