@@ -176,8 +176,27 @@ def _stats(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else math.nan
 
 
-def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """``{label: {view/condition: {metric: (mean, sd)}}}`` over seeds, plus per-label steps."""
+def side_shift(run: dict[str, Any], single_side: list[bool]) -> float:
+    """How far the swapped report moves the predicted tumour: mean of share(right) + share(swapped) − 1.
+
+    Over the cases whose report names exactly one tumour side (``single_side``) and that predict
+    tumour under both reports. ``share`` is the fraction of predicted tumour on the side the report
+    names, so for a model that ignores the side share(swapped) = 1 − share(right) and the shift is 0;
+    1 means all predicted tumour follows the report to the other kidney.
+    """
+    right, swapped = run["scores"]["model/right"]["cases"], run["scores"]["model/swapped"]["cases"]
+    return _mean([a["side_fraction"] + b["side_fraction"] - 1 for a, b, one in zip(right, swapped, single_side)
+                  if one and a["side_fraction"] is not None and b["side_fraction"] is not None])
+
+
+def single_sided(descriptions: list[str | None]) -> list[bool]:
+    """Whether each report names a tumour in exactly one kidney."""
+    reports = [parse_report(d) for d in descriptions]
+    return [r is not None and len(r.tumour_sides) == 1 for r in reports]
+
+
+def aggregate(runs: list[dict[str, Any]], single_side: list[bool] | None = None) -> dict[str, Any]:
+    """``{label: {view/condition: {metric: (mean, sd)}}}`` over seeds, plus per-label steps (and side shift)."""
     out: dict[str, Any] = {}
     for label in dict.fromkeys(r["label"] for r in runs):
         mine = [r for r in runs if r["label"] == label]
@@ -189,6 +208,8 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
                       "steps": _stats([float(r["steps"]) for r in mine]),
                       "seconds_per_case": _stats([r["seconds_per_case"] for r in mine]),
                       "label_ae": mine[0]["label_ae"]}
+        if single_side is not None:
+            out[label]["side_shift"] = _stats([side_shift(r, single_side) for r in mine])
     return out
 
 
@@ -204,8 +225,10 @@ def verdicts(agg: dict[str, Any], tds: str = "textdiffseg", unet: str = "unet") 
     fp = s["model/no_tumour"]["fp_ml_tumour_free"][0]
     lines.append(f"- {TARGETS[1]}: {'met' if fp <= 0.5 else 'not met'} ({fp:.2f} mL).")
     drop = t("right") - t("swapped")
+    shift = ", ".join(f"{label} {fmt(r['side_shift'][0], 2)}" for label, r in agg.items() if "side_shift" in r)
     lines.append(f"- {TARGETS[2]}: {'met' if drop >= 0.05 else 'not met'} ({drop:+.3f}; side share "
-                 f"{fmt(s['model/right']['side_fraction'][0], 2)} → {fmt(s['model/swapped']['side_fraction'][0], 2)}).")
+                 f"{fmt(s['model/right']['side_fraction'][0], 2)} → {fmt(s['model/swapped']['side_fraction'][0], 2)}"
+                 + (f"; side shift {shift}" if shift else "") + ").")
     gap = abs(t("right") - t("paraphrase"))
     lines.append(f"- {TARGETS[3]}: {'met' if gap <= 0.03 else 'not met'} (|Δ| = {gap:.3f}).")
     if unet in agg:
@@ -230,8 +253,14 @@ def markdown(report: dict[str, Any]) -> list[str]:
             name = label if view == "model" else f"{label} ({view})"
             lines.append(f"| {name} | {cond} | {pm(m['dice_kidney'])} | {pm(m['dice_tumour'])} | "
                          f"{pm(m['fp_ml_tumour_free'], 2)} | {pm(m['side_fraction'], 2)} |")
-    lines += ["", "| model | iterations | s / case |", "|---|---|---|"]
-    lines += [f"| {label} | {fmt(r['steps'][0], 0)} | {fmt(r['seconds_per_case'][0], 2)} |" for label, r in agg.items()]
+    lines += ["", "| model | iterations | s / case | side shift (single-sided tumours) |", "|---|---|---|---|"]
+    lines += [f"| {label} | {fmt(r['steps'][0], 0)} | {fmt(r['seconds_per_case'][0], 2)} | "
+              f"{pm(r['side_shift'], 2) if 'side_shift' in r else '–'} |" for label, r in agg.items()]
+    lines += ["", ("Side shift: share of predicted tumour on the named side under the right report plus the same "
+                   "under the left↔right swapped report, minus 1, over cases whose report names one kidney. A model "
+                   "that ignores the side scores 0 (its tumour stays put, so the two shares add to 1); 1 = all "
+                   "predicted tumour follows the report. The raw side share of a text-free model also drops under "
+                   "the swap — compare with the UNet row, not with the right-report row.")]
     lines += ["", "Targets:", *report["verdicts"]]
     return lines
 
@@ -295,8 +324,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     runs = [json.loads((work / "runs" / f"{label}_seed{seed}.json").read_text())
             for seed in seeds for label in models]
-    agg = aggregate(runs)
+    from tdseg_lite.data import load_datalist
     from tdseg_lite.utils import pick_device
+
+    test_root = work / "artifacts" / "data" / f"phantom_kidney_test_{args.test_cases}"  # the worker's test phantom
+    agg = aggregate(runs, single_sided([e.get("description") for e in load_datalist(test_root)]))
 
     device = pick_device(args.device)
     report = {**stamp(device, args.threads), "args": vars(args), "aggregate": agg,

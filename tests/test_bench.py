@@ -191,3 +191,22 @@ def test_ablation_markdown_states_verdicts_and_what_else_differs() -> None:
     assert "| no-label-encoder | `--model pixel-diffusion` |" in text and "**real**" in text
     assert "within noise" in text and "real differences: no-label-encoder (Dice kidney)" in text
     assert ab.ALSO_CHANGES["no-label-encoder"] in text and set(ab.ALSO_CHANGES) == set(ab.CONFIGURATIONS)
+
+
+def test_text_side_shift_is_zero_when_the_tumour_ignores_the_report_and_one_when_it_follows() -> None:
+    bt = _bench_module("bench_text")
+    one_left = "A 3.4 cm tumour in the lower pole of the left kidney; the right kidney is normal."
+    both = ("A 3.2 cm tumour in the interpolar region of the right kidney and a 2.5 cm tumour in the lower pole of "
+            "the left kidney.")
+    single = bt.single_sided([one_left, both, "Both kidneys are normal; no renal tumour.", None])
+    assert single == [True, False, False, False]
+
+    def run(right: list[float | None], swapped: list[float | None]) -> dict:
+        cases = lambda values: [{"side_fraction": v} for v in values]
+        return {"scores": {"model/right": {"cases": cases(right)}, "model/swapped": {"cases": cases(swapped)}}}
+
+    # a text-free model: 80 % of its tumour on the left whatever the report says -> the named share flips
+    assert bt.side_shift(run([0.8, 1.0, None, None], [0.2, 1.0, None, None]), single) == pytest.approx(0.0)
+    # all predicted tumour follows the report to the named kidney; the bilateral case does not count
+    assert bt.side_shift(run([1.0, 1.0, None, None], [1.0, 1.0, None, None]), single) == pytest.approx(1.0)
+    assert math.isnan(bt.side_shift(run([None, 1.0, None, None], [0.5, 1.0, None, None]), single))
