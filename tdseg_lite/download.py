@@ -343,9 +343,11 @@ def safe_member_path(name: str, target: Path, archive: Path) -> Path | None:
 
 
 def _tar_plan(archive: Path, target: Path) -> list[tuple[tarfile.TarInfo, Path]]:
-    plan = []
+    plan, declared = [], 0
     with tarfile.open(archive, "r:*") as tar:
-        for member in tar.getmembers():
+        for member in tar:  # lazily: a bomb is refused at its first huge header, before its data is decompressed
+            declared += member.size if member.isfile() else 0
+            _check_expansion(archive, declared)
             path = safe_member_path(member.name, target, archive)
             if not (member.isfile() or member.isdir()):
                 kind = ("a symbolic link" if member.issym() else "a hard link" if member.islnk()
@@ -391,7 +393,6 @@ def extract_archive(archive: str | os.PathLike[str], target: str | os.PathLike[s
     from tqdm.auto import tqdm
 
     archive, target = Path(archive).expanduser(), Path(target).expanduser()
-    target.mkdir(parents=True, exist_ok=True)
     is_zip = zipfile.is_zipfile(archive)
     if not is_zip and not tarfile.is_tarfile(archive):
         raise UserInputError(f"{archive}: must be a .tar or .zip archive, got a file that is neither; download it "
@@ -400,6 +401,7 @@ def extract_archive(archive: str | os.PathLike[str], target: str | os.PathLike[s
     total = sum(m.file_size if is_zip else m.size for m, _ in plan)
     _check_expansion(archive, total)
     ensure_disk_space(target, total, f"extracting {archive.name} ({total / _GB:.2f} GB)")
+    target.mkdir(parents=True, exist_ok=True)  # only now: a refused archive leaves no folder behind
     written: list[Path] = []
     try:
         with (zipfile.ZipFile(archive) if is_zip else tarfile.open(archive, "r:*")) as handle, \

@@ -15,8 +15,8 @@ from typing import Any
 
 from tdseg_lite.errors import UserInputError, require
 
-__all__ = ["HU_MAX", "HU_MIN", "MIN_HU_SPAN", "NIFTI_SUFFIXES", "check_ct", "check_header", "is_nifti", "max_voxels",
-           "read_label", "save_nifti"]
+__all__ = ["HU_MAX", "HU_MIN", "MIN_HU_SPAN", "NIFTI_SUFFIXES", "check_ct", "check_header", "header_problem",
+           "is_nifti", "max_voxels", "read_label", "save_nifti"]
 
 #: plausible raw CT values (HU): scanners pad outside the field of view with -1024, -2048 or -3024
 HU_MIN, HU_MAX = -3100.0, 5000.0
@@ -71,12 +71,39 @@ def _gzip_size(p: Path) -> int:
         return int.from_bytes(fh.read(4), "little")
 
 
-def check_header(path: str | os.PathLike[str], what: str = "volume") -> dict[str, Any]:
-    """Check a NIfTI header against the file before any voxel is read (nothing is allocated).
+def header_problem(img: Any, path: str | os.PathLike[str]) -> tuple[str, str, str] | None:
+    """``(rule, got, fix)`` when a loaded NIfTI header's shape × dtype does not fit its file or the voxel cap.
 
-    Rules: the header's shape × dtype fits the file (``.nii``: offset + data <= file size; ``.nii.gz``:
-    the stored uncompressed size, and a compressed size that deflate could reach) and at most
-    ``max_voxels()`` voxels.
+    Rules: at most ``max_voxels()`` voxels, and a file that can hold them (``.nii``: offset + data <= file
+    size; ``.nii.gz``: the stored uncompressed size, and a compressed size that deflate could reach).
+    Nothing is read but the header and the last 4 bytes of a ``.gz``.
+    """
+    import math
+
+    p = Path(path).expanduser()
+    shape = tuple(int(n) for n in img.shape)
+    dtype = img.get_data_dtype()
+    voxels = math.prod(shape)
+    cap = max_voxels()
+    if voxels > cap:
+        return (f"must hold at most {cap:,} voxels", f"a header declaring shape {shape} ({voxels:,} voxels)",
+                "Crop or downsample it, or raise TDSEG_MAX_VOXELS if it is real.")
+    nbytes = voxels * dtype.itemsize
+    need = int(img.header.get_data_offset()) + nbytes
+    size = p.stat().st_size
+    if p.name.lower().endswith(".gz"):
+        held = _gzip_size(p) if size >= 18 else 0
+        short = (need < 2**32 and held < need) or size * _MAX_DEFLATE_RATIO < need
+    else:
+        held, short = size, size < need
+    if short:
+        return (f"must hold the {nbytes:,} bytes of voxels its header declares (shape {shape}, {dtype})",
+                f"a file with {held:,} bytes", "The file is truncated or its header is wrong: re-export it.")
+    return None
+
+
+def check_header(path: str | os.PathLike[str], what: str = "volume") -> dict[str, Any]:
+    """Check a NIfTI header against the file before any voxel is read (nothing is allocated): ``header_problem``.
 
     Returns:
         ``{"image": the lazy nibabel image, "shape", "zooms", "dtype", "nbytes"}``.
@@ -88,27 +115,14 @@ def check_header(path: str | os.PathLike[str], what: str = "volume") -> dict[str
 
     p = Path(path).expanduser()
     img = _load(p, what)
+    problem = header_problem(img, p)
+    if problem is not None:
+        rule, got, fix = problem
+        raise UserInputError(f"`{p}` {rule}, got {got}. {fix}")
     shape = tuple(int(n) for n in img.shape)
     dtype = img.get_data_dtype()
-    voxels = math.prod(shape)
-    cap = max_voxels()
-    if voxels > cap:
-        raise UserInputError(f"`{p}` must hold at most {cap:,} voxels, got a header declaring shape {shape} "
-                             f"({voxels:,} voxels). Crop or downsample it, or raise TDSEG_MAX_VOXELS if it is real.")
-    nbytes = voxels * dtype.itemsize
-    need = int(img.header.get_data_offset()) + nbytes
-    size = p.stat().st_size
-    if p.name.lower().endswith(".gz"):
-        held = _gzip_size(p) if size >= 18 else 0
-        short = (need < 2**32 and held < need) or size * _MAX_DEFLATE_RATIO < need
-    else:
-        held, short = size, size < need
-    if short:
-        raise UserInputError(f"`{p}` must hold the {nbytes:,} bytes of voxels its header declares (shape {shape}, "
-                             f"{dtype}), got a file with {held:,} bytes. The file is truncated or its header is "
-                             "wrong: re-export it.")
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
-    return {"image": img, "shape": shape, "zooms": zooms, "dtype": dtype, "nbytes": nbytes}
+    return {"image": img, "shape": shape, "zooms": zooms, "dtype": dtype, "nbytes": math.prod(shape) * dtype.itemsize}
 
 
 def check_ct(path: str | os.PathLike[str]) -> Any:

@@ -37,6 +37,7 @@ import nibabel as nib
 import numpy as np
 
 from tdseg_lite.errors import UserInputError
+from tdseg_lite.nifti_io import header_problem
 
 __all__ = [
     "AFFINE_ATOL", "AFFINE_RTOL", "ValidationReport", "add_cli_arguments", "case_id_from_path", "cli_main",
@@ -203,11 +204,21 @@ def _load_header(path: Path, rel: str, key: str, out: _Case) -> Any:
                           'fix the path in "training" or add the file')
         return None
     try:
-        return nib.load(path)
+        img = nib.load(path)
     except Exception as err:  # noqa: BLE001 - nibabel raises many types for corrupt/foreign files
         out.errors.append(f"{rel}: cannot be read as NIfTI, got {type(err).__name__}: {_one_line(err)}; "
                           "re-export the file as .nii.gz (e.g. with nibabel or SimpleITK)")
         return None
+    try:  # the header's shape x dtype against the file and the voxel cap, before any voxel is read
+        problem = header_problem(img, path)
+    except UserInputError as err:  # a bad $TDSEG_MAX_VOXELS
+        out.errors.append(str(err))
+        return None
+    if problem is not None:
+        rule, got, fix = problem
+        out.errors.append(f"{rel}: voxel data must be readable: the file {rule}, got {got}; {fix}")
+        return None
+    return img
 
 
 def _one_line(err: BaseException) -> str:
