@@ -7,6 +7,7 @@ argument costs a fraction of a second and leaves nothing on disk. Each failure i
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from tdseg_lite.segmenter import Segmenter
 
 __all__ = ["DEVICE_NAMES", "apply_sampling_start", "check_device", "check_output_path", "check_positive",
-           "check_writable_folder"]
+           "check_sampling_flags", "check_writable_folder"]
 
 #: what --device accepts
 DEVICE_NAMES = ("auto", "cpu", "cuda", "cuda:N")
@@ -63,17 +64,39 @@ def check_output_path(path: str | os.PathLike[str], flag: str, suffixes: tuple[s
     return p
 
 
+def _check_start(is_textdiffseg: bool, kind: str, start_timestep: int | None, total: int) -> None:
+    if not is_textdiffseg:
+        raise UserInputError(f"`--start` and `--start-timestep` apply to TextDiffSeg runs, got a {kind} run. "
+                             "Leave them out for this run.")
+    require(start_timestep is None or 0 <= start_timestep < total, "--start-timestep",
+            f"must be in [0, {total}) (the run's schedule)", start_timestep, "Use e.g. --start-timestep 500.",
+            UserInputError)
+
+
+def check_sampling_flags(run: str | os.PathLike[str], start: str | None, start_timestep: int | None) -> None:
+    """``--start`` / ``--start-timestep`` against the run's ``config.json``, before torch loads.
+
+    Checks the timestep range of a TextDiffSeg run; without a readable ``config.json``, and for the
+    other models (named by their class), ``apply_sampling_start`` decides once the model is loaded.
+    """
+    if start is None and start_timestep is None:
+        return
+    try:
+        spec = json.loads((Path(run).expanduser() / "config.json").read_text())["plan"]["spec"]
+        model, total = str(spec["model"]["model"]), int(spec["diffusion"]["num_train_timesteps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if model == "textdiffseg":
+        _check_start(True, model, start_timestep, total)
+
+
 def apply_sampling_start(model: Segmenter, start: str | None, start_timestep: int | None) -> None:
     """``--start`` / ``--start-timestep`` of ``tdseg predict`` and ``tdseg evaluate`` (TextDiffSeg runs only)."""
     if start is None and start_timestep is None:
         return
     from tdseg_lite.model import TextDiffSeg  # the model is loaded by now: no extra import cost
 
-    if not isinstance(model, TextDiffSeg):
-        raise UserInputError(f"`--start` and `--start-timestep` apply to TextDiffSeg runs, got a "
-                             f"{type(model).__name__} run. Leave them out for this run.")
-    if start_timestep is not None:
-        total = model.dcfg.num_train_timesteps
-        require(0 <= start_timestep < total, "--start-timestep", f"must be in [0, {total}) (the run's schedule)",
-                start_timestep, "Use e.g. --start-timestep 500.", UserInputError)
+    textdiffseg = isinstance(model, TextDiffSeg)
+    _check_start(textdiffseg, type(model).__name__, start_timestep,
+                 model.dcfg.num_train_timesteps if textdiffseg else 0)
     model.set_sampling_start(start, start_timestep)

@@ -54,7 +54,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tdseg_lite.checks import apply_sampling_start, check_device, check_output_path, check_positive
+from tdseg_lite.checks import (
+    apply_sampling_start,
+    check_device,
+    check_output_path,
+    check_positive,
+    check_sampling_flags,
+)
 from tdseg_lite.errors import UserInputError, require
 
 if TYPE_CHECKING:
@@ -170,12 +176,16 @@ def cli_main(args: argparse.Namespace) -> int:
     if args.data:
         require(Path(args.data).expanduser().is_dir(), "--data", "must be a dataset folder", args.data,
                 "Pass the folder that holds dataset.json.", UserInputError)
+    check_sampling_flags(run, args.start, args.start_timestep)
+
+    from tdseg_lite.utils import pick_device, versions
+
+    device = pick_device(args.device, arg="--device")  # imports torch only: a missing GPU is said before MONAI loads
 
     from tdseg_lite.inference import evaluate_cases
     from tdseg_lite.runs import load_trained
-    from tdseg_lite.utils import pick_device, versions
 
-    model, plan, ckpt = load_trained(args.run, args.which, pick_device(args.device, arg="--device"))
+    model, plan, ckpt = load_trained(args.run, args.which, device)
     apply_sampling_start(model, args.start, args.start_timestep)
     root, items = select_cases(args.run, ckpt, plan.data, args.data, args.split)
     labels = {int(k): v for k, v in ckpt["config"]["labels"].items()}

@@ -27,7 +27,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tdseg_lite.checks import apply_sampling_start, check_device, check_output_path, check_positive
+from tdseg_lite.checks import (
+    apply_sampling_start,
+    check_device,
+    check_output_path,
+    check_positive,
+    check_sampling_flags,
+)
 from tdseg_lite.errors import UserInputError, require
 from tdseg_lite.nifti_io import check_ct, save_nifti
 
@@ -69,12 +75,15 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def work_summary(model: Segmenter, windows: int, steps: int | None, samples: int | None) -> str:
-    """One line: windows × DDIM steps × samples = denoiser passes, and which factor dominates."""
+def work_summary(model: Segmenter, windows: int, steps: int | None, samples: int | None,
+                 patch: tuple[int, ...] | None = None) -> str:
+    """One line: windows × DDIM steps × samples = denoiser passes, which factor dominates and how to cut it
+    (``patch``: the run's window size, named in the hint when windows dominate)."""
     from tdseg_lite.segmenter import DiffusionSegmenter
 
+    size = "×".join(map(str, patch)) if patch else "training"
     if not isinstance(model, DiffusionSegmenter):
-        return f"{windows} window(s), one network pass each"
+        return f"{windows} window(s) of the run's {size} patch, one network pass each"
     steps, samples = steps or model.dcfg.inference_steps, samples or model.dcfg.samples
     calls = steps
     if model.dcfg.start == "aux":  # only the schedule's steps at or below the start timestep run
@@ -83,7 +92,8 @@ def work_summary(model: Segmenter, windows: int, steps: int | None, samples: int
         calls = int((scheduler.timesteps <= model.dcfg.start_timestep).sum())
     factors = {"windows": windows, "DDIM steps": calls, "samples": samples}
     top = max(factors, key=factors.get)
-    hint = {"windows": "a larger --run patch or fewer voxels would cut it",
+    hint = {"windows": f"the run's {size} patch (half-overlapping windows) sets it; a run trained with a larger "
+                       "data.patch_size or a coarser data.spacing needs fewer",
             "DDIM steps": "--steps 5 --start aux runs fewer denoiser calls (benchmarks/results/frontier.md)",
             "samples": "--samples 1 is the fastest (the ensemble only sharpens the uncertainty)"}[top]
     return (f"{windows} window(s) × {calls} denoiser call(s) × {samples} sample(s) = {windows * calls * samples} "
@@ -108,14 +118,18 @@ def cli_main(args: argparse.Namespace) -> int:
     if not ((checkpoints / "last.pt").is_file() or (checkpoints / "best.pt").is_file()):
         raise UserInputError(f"`{checkpoints / 'last.pt'}` does not exist. Train first (tdseg train --out RUN) or "
                              "pass the run folder that holds checkpoints/last.pt.")
+    check_sampling_flags(args.run, args.start, args.start_timestep)
+
+    from tdseg_lite.utils import pick_device
+
+    device = pick_device(args.device, arg="--device")  # imports torch only: a missing GPU is said before MONAI loads
 
     from tqdm.auto import tqdm
 
     from tdseg_lite.inference import predict_volume
     from tdseg_lite.runs import load_trained
-    from tdseg_lite.utils import pick_device
 
-    model, plan, _ = load_trained(args.run, args.which, pick_device(args.device, arg="--device"))
+    model, plan, _ = load_trained(args.run, args.which, device)
     apply_sampling_start(model, args.start, args.start_timestep)
     samples = args.samples or (None if unc_path else 1)  # an ensemble only when the uncertainty is asked for
     windows = [0]
@@ -124,7 +138,8 @@ def cli_main(args: argparse.Namespace) -> int:
         def progress(done: int, total: int) -> None:
             if not windows[0]:  # the first call, before any window: say what the work is
                 windows[0], bar.total = total, total
-                print(f"tdseg predict: {work_summary(model, total, args.steps, samples)}", file=sys.stderr)
+                print(f"tdseg predict: {work_summary(model, total, args.steps, samples, plan.data.patch_size)}",
+                      file=sys.stderr)
             bar.update(done)
 
         res = predict_volume(model, plan.data, args.input, prompt=prompt, steps=args.steps, samples=samples,

@@ -24,8 +24,10 @@ Explained in notebooks/04_gpu_training.ipynb
 
 from __future__ import annotations
 
+import ast
 import csv
 import difflib
+import importlib.util
 import json
 import os
 from collections.abc import Mapping
@@ -59,6 +61,10 @@ PARTS = ("data", "train", "model", "denoiser", "diffusion", "fusion", "image_enc
 PART_CLASSES = {"data": "DataConfig", "train": "TrainConfig", "model": "ModelConfig", "denoiser": "DenoiserConfig",
                 "diffusion": "DiffusionConfig", "fusion": "FusionConfig", "image_encoder": "ImageEncoderConfig",
                 "label_ae": "LabelAEConfig", "text": "TextConfig"}
+#: the module that defines each part's class (read as source by ``config_fields``: no torch/MONAI import)
+PART_MODULES = {"data": "tdseg_lite.data", "train": "tdseg_lite.train", "model": "tdseg_lite.model",
+                "denoiser": "tdseg_lite.denoiser", "diffusion": "tdseg_lite.diffusion", "fusion": "tdseg_lite.fusion",
+                "image_encoder": "tdseg_lite.image_encoder", "label_ae": "tdseg_lite.label_ae", "text": "tdseg_lite.text"}
 #: what may change on --resume without breaking the run (the budget, the logging cadence, the AE cache use)
 RESUMABLE = ("train.max_steps", "train.log_every", "train.val_every", "train.checkpoint_every", "train.val_max_cases",
              "label_ae.reuse")
@@ -67,21 +73,33 @@ RESUMABLE = ("train.max_steps", "train.log_every", "train.val_every", "train.che
 def check_set_keys(sets: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """``--set`` keys split by part, checked without importing any config class (fast).
 
-    Unknown parts get the nearest part; keys that were merged into another one name it.
-    Field names and values are checked later, when the configs are built.
+    Unknown parts get the nearest part; keys that were merged into another one name it; unknown
+    fields get the nearest field (``train.lr`` -> ``train.learning_rate``, ``train.batch_size`` ->
+    ``data.batch_size``). Values are checked later, when the configs are built.
     """
     parts = split_keys(sets, PARTS, arg="--set")
     for part, fields in parts.items():
         for field, value in fields.items():
             moved_key_error(PART_CLASSES[part], field, value, arg="--set", part=part)
+    if parts:
+        _check_fields(parts, {p: config_fields(p) for p in PARTS})
     return parts
 
 
-def _check_fields(parts: Mapping[str, Mapping[str, Any]], classes: Mapping[str, type]) -> None:
-    """Unknown fields: the nearest field of the same part, or the part that has this field."""
-    import dataclasses
+def config_fields(part: str) -> list[str]:
+    """The field names of ``part``'s config class, read from its module's source (nothing is imported).
 
-    fields = {p: [f.name for f in dataclasses.fields(c)] for p, c in classes.items()}
+    ``tests/test_reliability.py`` checks them against ``dataclasses.fields`` of the real class.
+    """
+    spec = importlib.util.find_spec(PART_MODULES[part])
+    tree = ast.parse(Path(str(spec.origin)).read_text(encoding="utf-8"))
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == PART_CLASSES[part])
+    return [n.target.id for n in cls.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+            and "ClassVar" not in ast.unparse(n.annotation)]
+
+
+def _check_fields(parts: Mapping[str, Mapping[str, Any]], fields: Mapping[str, list[str]]) -> None:
+    """Unknown fields: the nearest field of the same part, or the part that has this field."""
     aliases = {"lr": "learning_rate", "bs": "batch_size", "wd": "weight_decay", "steps": "max_steps"}
     for part, values in parts.items():
         for field in values:
@@ -92,7 +110,7 @@ def _check_fields(parts: Mapping[str, Mapping[str, Any]], classes: Mapping[str, 
             near = ([f"{part}.{want}"] if want in fields[part] else [f"{p}.{want}" for p in elsewhere]
                     or [f"{part}.{n}" for n in difflib.get_close_matches(field, fields[part], n=1)])
             hint = f"did you mean {near[0]}? " if near else ""
-            raise ConfigError(f"`--set {part}.{field}` names no field of {classes[part].__name__}, got {field!r}; "
+            raise ConfigError(f"`--set {part}.{field}` names no field of {PART_CLASSES[part]}, got {field!r}; "
                               f"{hint}valid: {', '.join(sorted(fields[part]))}.")
 
 
@@ -127,9 +145,8 @@ class RunPlan:
         """
         from tdseg_lite.model import ModelSpec
 
-        parts = check_set_keys(sets or {})
+        parts = check_set_keys(sets or {})  # parts, merged keys and field names
         classes = _classes()
-        _check_fields(parts, classes)
         spec_parts = {p: dict(parts.get(p, {})) for p in ModelSpec.part_classes()}
         for field, value, flag in (("model", model, "--model"), ("num_classes", num_classes, "the dataset")):
             if value is None:
@@ -160,7 +177,6 @@ class RunPlan:
         sets = dict(sets or {})
         parts = check_set_keys(sets)
         classes = _classes()
-        _check_fields(parts, classes)
         saved = json.loads(json.dumps({k: d[k] for k in ("data", "train", "spec")}))
         saved["train"].pop("ae_steps", None)  # runs saved before the knob moved to label_ae.max_steps
 
@@ -254,6 +270,43 @@ class RunFolder:
                 f"must have the run's {len(labels)} classes on --resume", f"{num_classes} classes",
                 "Use the run's dataset, or choose a new --out.", UserInputError)
 
+    def check_dataset(self, saved: Mapping[str, Any], root: Path, where: str) -> None:
+        """Refuse a ``--resume`` on a dataset that is not the run's, even at the same path: other labels, or
+        other cases than the run's ``splits.json`` (the data order could not continue).
+
+        Args:
+            saved: the run's stored config (``config.json`` or the checkpoint's ``"config"``).
+            root: the dataset folder the resumed run would read.
+            where: how the message names it (``--data``, or the folder's ``dataset.json``).
+        """
+        from tdseg_lite.validate import parse_section, read_dataset_json
+
+        root = root.expanduser().resolve()
+        meta = read_dataset_json(root)
+        labels = meta.get("labels")
+        got = {str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {}
+        want = {str(k): str(v) for k, v in (saved.get("labels") or {}).items()}
+        if want:
+            fix = "Use the run's dataset, or choose a new --out to train on this one."
+            require(len(got) == len(want), where, f"must have the run's {len(want)} classes on --resume",
+                    f"{len(got)} classes", fix, UserInputError)
+            require(got == want, where, f"must have the run's labels on --resume ({_labels_text(want)})",
+                    _labels_text(got), fix, UserInputError)
+        try:
+            split = json.loads(self.splits.read_text())
+            cases = set(split["train"]) | set(split["val"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # no split yet: the run stopped before it read its data
+        now = {e["case_id"] for e in parse_section(root, meta, "training")[0]}
+        require(now == cases, where, f"must hold the run's {len(cases)} cases ({self.splits.name}) on --resume",
+                f"{len(now - cases)} new and {len(cases - now)} missing case(s)",
+                "Restore the dataset as it was, or choose a new --out to train on the changed one.", UserInputError)
+
+
+def _labels_text(labels: Mapping[str, str]) -> str:
+    """``"1 kidney, 2 tumor"``: the foreground classes of a ``dataset.json`` "labels" object."""
+    return ", ".join(f"{k} {v}" for k, v in sorted(labels.items(), key=lambda kv: (len(kv[0]), kv[0])) if k != "0")
+
 
 class RunLog:
     """Rows of a CSV file; a resumed run drops the rows written after its checkpoint."""
@@ -326,11 +379,16 @@ def check_checkpoint(state: Mapping[str, Any], path: Path, keys: tuple[str, ...]
 
     missing = [k for k in keys if k not in state]
     config = state.get("config")
+    labels = config.get("labels") if isinstance(config, Mapping) else None
     if not missing and not (isinstance(config, Mapping) and isinstance(config.get("plan"), Mapping)
-                            and isinstance(config.get("labels"), Mapping)):
+                            and isinstance(labels, Mapping) and all(str(k).isdigit() for k in labels)):
         missing = ["config.plan / config.labels"]
-    if missing:
-        raise CheckpointError(f"`{path}` must hold what tdseg train writes, got no {', '.join(map(repr, missing))}. "
+    kinds = {"model": Mapping, "optimizer": Mapping, "lr_scheduler": Mapping, "rng": Mapping, "step": int,
+             "batches": int, "elapsed_s": (int, float)}
+    wrong = [k for k, kind in kinds.items() if k in keys and k in state and not isinstance(state[k], kind)]
+    if missing or wrong:
+        what = f"no {', '.join(map(repr, missing))}" if missing else f"a malformed {', '.join(map(repr, wrong))}"
+        raise CheckpointError(f"`{path}` must hold what tdseg train writes, got {what}. "
                               "Use RUN/checkpoints/last.pt or best.pt of a tdseg train run, or retrain.")
 
 
@@ -349,6 +407,31 @@ def load_weights(model: torch.nn.Module, weights: Mapping[str, Any], path: Path)
         raise CheckpointError(f"`{path}` must hold the weights of the run's model, got other weights ({what}). "
                               "Use the checkpoint written with this run's config.json, or retrain.")
     model.load_state_dict(weights)
+
+
+def plan_of_checkpoint(state: Mapping[str, Any], path: Path, sets: Mapping[str, Any] | None = None) -> RunPlan:
+    """The ``RunPlan`` a checkpoint stores, then with ``sets`` applied as on ``--resume``.
+
+    Raises:
+        CheckpointError: the stored plan is incomplete or breaks a config rule (one line naming the file).
+        ConfigError: ``sets`` break a rule or change what cannot change on ``--resume``.
+    """
+    from tdseg_lite.checkpoint import CheckpointError
+
+    plan = state["config"]["plan"]
+    missing = [k for k in ("preset", "data", "train", "spec") if k not in plan]
+    if missing:
+        raise CheckpointError(f"`{path}` must hold a complete run plan, got one without {missing[0]!r}. Retrain the run.")
+    try:
+        stored = RunPlan.from_dict(plan)
+    except ConfigError as err:
+        raise CheckpointError(f"`{path}` must hold a run plan this version can build, got one that breaks a rule "
+                              f"({str(err).split('. ')[0]}). Retrain the run, or use the tdseg_lite version that "
+                              "wrote it.") from None
+    except (KeyError, TypeError, AttributeError, ValueError):
+        raise CheckpointError(f"`{path}` must hold a run plan this version can build, got one with a missing or "
+                              "malformed field. Retrain the run.") from None
+    return RunPlan.from_dict(plan, sets) if sets else stored
 
 
 def load_trained(run: str | os.PathLike[str], which: str = "best", device: str | torch.device = "cpu"
@@ -371,12 +454,7 @@ def load_trained(run: str | os.PathLike[str], which: str = "best", device: str |
     path = folder.best if which == "best" and folder.best.is_file() else folder.last
     state = load_checkpoint(path)
     check_checkpoint(state, path, keys=("config", "model", "step"))
-    try:
-        plan = RunPlan.from_dict(state["config"]["plan"])
-    except (KeyError, TypeError) as err:
-        from tdseg_lite.checkpoint import CheckpointError
-
-        raise CheckpointError(f"`{path}` must hold a complete run plan, got one without {err}. Retrain the run.") from None
+    plan = plan_of_checkpoint(state, path)
     model = build_run_model(plan, list(state["config"].get("phrases") or ["kidney", "kidney tumor"]))
     load_weights(model, state["model"], path)
     return model.to(device).eval(), plan, state

@@ -9,9 +9,10 @@
 The run folder is described in ``runs.py``. Every argument error is one line, found before torch and
 MONAI are imported (a fraction of a second) and before anything is written: ``--out`` (a file, under
 a file, read-only, an existing run without ``--resume``), ``--max-minutes``, ``--device``, ``--preset``,
-the ``--set`` syntax, parts and merged keys, and ``--resume`` with another model, dataset, class
-count or preset. Config field names and values are checked when the configs are built, still before
-anything is written.
+the ``--set`` syntax, parts, merged keys and field names, and ``--resume`` with another model, preset
+or dataset (another ``--data``, other labels or other cases than ``splits.json``, even at the same
+path). ``--device cuda`` costs the torch import; config values are checked when the configs are built,
+still before anything is written.
 
 Explained in notebooks/04_gpu_training.ipynb
 """
@@ -81,9 +82,19 @@ def cli_main(args: argparse.Namespace) -> int:
         if saved is not None:  # the checkpoint's copy is checked again once it loads, before anything is written
             preset = resolve_preset(args.preset) if args.preset not in (None, "auto") else None
             folder.check_resume(saved, model=args.model, data_dir=args.data, preset=preset, num_classes=n_classes)
+            root = args.data or saved.get("data_dir") or ""
+            if root:  # the same path may hold another dataset by now
+                folder.check_dataset(saved, Path(root), "--data" if args.data else str(Path(root) / "dataset.json"))
+            if args.preset is not None and preset is None:
+                print(f"tdseg train: --preset {args.preset} on --resume keeps the run's preset "
+                      f"({saved['plan'].get('preset')}).", file=sys.stderr)
     elif args.resume:
         print(f"tdseg train: no checkpoint in {folder.root} yet; starting the run from the beginning.",
               file=sys.stderr)
+    if args.device is not None and args.device.startswith("cuda"):  # needs torch, not the whole training stack
+        from tdseg_lite.utils import pick_device
+
+        pick_device(args.device, arg="--device")
 
     from tdseg_lite.train_run import train_run
 

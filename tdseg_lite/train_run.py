@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from tdseg_lite.batches import endless_batches, make_train_loader
-from tdseg_lite.checkpoint import load_checkpoint, save_checkpoint
+from tdseg_lite.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tdseg_lite.distributed import (
     DistInfo,
     barrier,
@@ -35,15 +35,30 @@ from tdseg_lite.distributed import (
     init_distributed,
     reduce_sum,
 )
-from tdseg_lite.runs import RunFolder, RunLog, RunPlan, build_run_model, check_checkpoint, load_trained, plot_curves
+from tdseg_lite.runs import (
+    RunFolder,
+    RunLog,
+    RunPlan,
+    build_run_model,
+    check_checkpoint,
+    load_trained,
+    load_weights,
+    plan_of_checkpoint,
+    plot_curves,
+)
 from tdseg_lite.train import Trainer
 from tdseg_lite.utils import atomic_write_text, seed_everything, versions
 
 __all__ = ["load_trained", "make_val_fn", "train_run"]  # load_trained: from runs (its old home)
 
 
-def _prepare_data(plan: RunPlan, data_dir: str, out: Path, info: DistInfo) -> dict[str, Any]:
-    """Validated dataset, cached train/val datasets, class names and prompt phrases."""
+def _prepare_data(plan: RunPlan, data_dir: str, out: Path, info: DistInfo,
+                  resumed: Mapping[str, Any] | None = None, where: str | None = None) -> dict[str, Any]:
+    """Validated dataset, cached train/val datasets, class names and prompt phrases.
+
+    ``resumed``: the stored config of a resumed run; its dataset (labels, cases) is checked before anything
+    is written (``where`` names it in the message; default: the folder's ``dataset.json``).
+    """
     from tdseg_lite.data import default_dataset, load_labels, make_datasets
     from tdseg_lite.prompts import phrases_from_labels
     from tdseg_lite.validate import validate_dataset
@@ -55,6 +70,9 @@ def _prepare_data(plan: RunPlan, data_dir: str, out: Path, info: DistInfo) -> di
     root = default_dataset(cfg, data_dir) if info.is_main else None
     barrier(info)
     root = root or default_dataset(cfg, data_dir)
+    if resumed is not None:  # the same path (or the phantom folder) may hold another dataset by now
+        RunFolder(out).check_dataset(resumed, Path(root), where or str(Path(root) / "dataset.json"))
+    out.mkdir(parents=True, exist_ok=True)  # only now: a refused dataset leaves no run folder behind
     train_ds, val_ds = make_datasets(cfg, root, splits_path=out / "splits.json")
     labels = load_labels(root)
     return {"root": root, "train": train_ds, "val": val_ds, "labels": labels,
@@ -170,10 +188,23 @@ def _load_resume_state(folder: RunFolder, *, sets: Mapping[str, Any], data_dir: 
 
     state = load_checkpoint(folder.last)
     check_checkpoint(state, folder.last)
+    saved = state["config"]
     n_classes = len(load_labels(data_dir)) if data_dir else None
-    folder.check_resume(state["config"], model=model, data_dir=data_dir,
-                        preset=resolve_preset(preset) if preset else None, num_classes=n_classes)
-    return state, RunPlan.from_dict(state["config"]["plan"], sets)
+    folder.check_resume(saved, model=model, data_dir=data_dir,
+                        preset=resolve_preset(preset) if preset not in (None, "auto") else None, num_classes=n_classes)
+    return state, plan_of_checkpoint(state, folder.last, sets)  # the dataset is checked once it is found
+
+
+def _restore(trainer: Trainer, state: Mapping[str, Any], path: Path) -> None:
+    """``trainer.load_state_dict(state)`` with one-line errors: other weights, or a training state (optimiser,
+    scheduler, RNG) that does not fit the run's model."""
+    load_weights(trainer.model, state["model"], path)
+    try:
+        trainer.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+        raise CheckpointError(f"`{path}` must hold the training state tdseg train writes for this model, got one "
+                              f"that does not fit ({type(err).__name__} while restoring it). Retrain, or restore "
+                              "the run's own last.pt.") from None
 
 
 def train_run(out: Path, *, data_dir: str = "", preset: str | None = "smoke", model: str | None = None,
@@ -190,6 +221,7 @@ def train_run(out: Path, *, data_dir: str = "", preset: str | None = "smoke", mo
 
     sets, folder = dict(sets or {}), RunFolder(out)
     state: dict[str, Any] | None = None
+    where = "--data" if data_dir else None  # how a refused dataset is named
     if resume:
         state, plan = _load_resume_state(folder, sets=sets, data_dir=data_dir, model=model, preset=preset)
         data_dir = data_dir or state["config"].get("data_dir", "")
@@ -203,9 +235,8 @@ def train_run(out: Path, *, data_dir: str = "", preset: str | None = "smoke", mo
     pick_device(device or tcfg.device, arg="--device" if device else "train.device")  # one line, before any write
     info = init_distributed(device or tcfg.device)
     try:
-        out.mkdir(parents=True, exist_ok=True)
         seed_everything(tcfg.seed)
-        data = _prepare_data(plan, data_dir, out, info)
+        data = _prepare_data(plan, data_dir, out, info, state["config"] if state else None, where)
         net = build_run_model(plan, data["phrases"])
         ae_seconds, ae_summary = _pretrain_phase(net, data, plan, info) if state is None else (0.0, None)
         if state is None:
@@ -215,13 +246,13 @@ def train_run(out: Path, *, data_dir: str = "", preset: str | None = "smoke", mo
                   "max_minutes": max_minutes, "world_size": info.world, "command": " ".join(sys.argv),
                   "label_ae": ae_summary if state is None else state["config"].get("label_ae"),
                   "versions": versions()}
+        trainer = Trainer(net, tcfg, info=info, max_seconds=max_minutes * 60 if max_minutes else None)
+        if state is not None:
+            _restore(trainer, state, folder.last)  # before config.json is rewritten
         if info.is_main:
             atomic_write_text(folder.config, json.dumps(config, indent=2) + "\n")
-        trainer = Trainer(net, tcfg, info=info, max_seconds=max_minutes * 60 if max_minutes else None)
         saver = _Saver(folder, config, info, state.get("best") if state else None)
-        if state is not None:
-            trainer.load_state_dict(state)
-        else:
+        if state is None:
             trainer.elapsed = ae_seconds  # the AE phase counts against the budget
             saver(trainer)  # step 0: the pre-trained label AE, before the joint phase
         loader, sampler = make_train_loader(data["train"], plan.data.batch_size, info, tcfg.seed,

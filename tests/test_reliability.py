@@ -85,6 +85,45 @@ def test_resume_refuses_a_dataset_whose_class_count_changed(run_copy: tuple[Path
     assert snapshot(run) == before
 
 
+def moved_dataset(run: Path, data: Path, tmp_path: Path) -> Path:
+    """A copy of the run's dataset that the run's config.json points to (so that it can be changed in place)."""
+    moved = shutil.copytree(data, tmp_path / "ds")
+    config = json.loads((run / "config.json").read_text())
+    config["data_dir"] = str(moved)
+    (run / "config.json").write_text(json.dumps(config))
+    return moved
+
+
+def relabel(dataset: Path, labels: dict[str, str] | None = None, drop_cases: int = 0) -> None:
+    meta = json.loads((dataset / "dataset.json").read_text())
+    meta["labels"] = labels or meta["labels"]
+    meta["training"] = meta["training"][: len(meta["training"]) - drop_cases]
+    (dataset / "dataset.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(("labels", "drop", "pattern"), [
+    ({"0": "background", "1": "pancreas", "2": "cancer"}, 0,
+     "must have the run's labels on --resume (1 kidney, 2 tumor), got '1 pancreas, 2 cancer'"),
+    (None, 1, "must hold the run's 5 cases (splits.json) on --resume, got '0 new and 1 missing case(s)'"),
+])
+@pytest.mark.parametrize("config_json", [True, False], ids=["config.json", "checkpoint-only"])
+def test_resume_refuses_a_dataset_changed_in_place(run_copy: tuple[Path, Path], tmp_path: Path, capsys,
+                                                   labels: dict[str, str] | None, drop: int, pattern: str,
+                                                   config_json: bool) -> None:
+    """Same path, other dataset (e.g. the pancreas phantom written over the kidney one): refused, nothing written."""
+    run, data = run_copy
+    moved = moved_dataset(run, data, tmp_path)
+    if not config_json:  # then only the checkpoint says which dataset the run trained on
+        rewrite(run / "checkpoints" / "last.pt", lambda s: s["config"].update(data_dir=str(moved)))
+        (run / "config.json").unlink()
+    relabel(moved, labels, drop)
+    before = snapshot(run)
+    assert main(["train", "--out", str(run), "--resume", "--quiet", "--device", "cpu"]) == 2
+    err = one_line(capsys, "train")
+    assert f"`{moved / 'dataset.json'}` {pattern}" in err, err
+    assert snapshot(run) == before
+
+
 def test_resume_checks_the_checkpoint_itself_when_config_json_is_gone(run_copy: tuple[Path, Path], capsys) -> None:
     run, _ = run_copy
     (run / "config.json").unlink()
@@ -133,6 +172,9 @@ def rewrite(path: Path, change: Any) -> None:
     (lambda s: s["config"].pop("plan"), "got no 'config.plan / config.labels'"),
     (lambda s: s["model"].pop(next(iter(s["model"]))), "got other weights (1 missing"),
     (lambda s: s["model"].update(extra=torch.zeros(1)), "(1 unexpected (e.g. 'extra')"),
+    (lambda s: s.update(step="x"), "got a malformed 'step'"),
+    (lambda s: s["config"]["plan"]["train"].update(learning_rate="abc"),
+     "must hold a run plan this version can build, got one that breaks a rule (`TrainConfig.learning_rate`"),
 ])
 def test_a_checkpoint_without_our_keys_is_one_line(run_copy: tuple[Path, Path], change: Any, pattern: str,
                                                    tmp_path: Path, capsys) -> None:
@@ -152,6 +194,22 @@ def test_resume_from_a_checkpoint_without_the_optimizer_is_one_line(run_copy: tu
     assert main(["train", "--out", str(run), "--resume", "--quiet", "--device", "cpu"]) == 2
     assert "got no 'optimizer'" in one_line(capsys, "train")
     assert snapshot(run) == before
+
+
+@pytest.mark.parametrize(("change", "pattern"), [
+    (lambda s: s["model"].pop(next(iter(s["model"]))), "must hold the weights of the run's model, got other weights"),
+    (lambda s: s["rng"].update(torch=torch.zeros(3)), "must hold the training state tdseg train writes for this model"),
+    (lambda s: s["optimizer"].update(param_groups=[]), "must hold the training state tdseg train writes for this model"),
+    (lambda s: s.update(step="x"), "got a malformed 'step'"),
+])
+def test_resume_from_a_checkpoint_that_does_not_fit_is_one_line_and_writes_nothing(
+        run_copy: tuple[Path, Path], change: Any, pattern: str, capsys) -> None:
+    run, _ = run_copy
+    rewrite(run / "checkpoints" / "last.pt", change)
+    before = snapshot(run)
+    assert main(["train", "--out", str(run), "--resume", "--quiet", "--device", "cpu"]) == 2
+    assert pattern in one_line(capsys, "train")
+    assert snapshot(run) == before  # config.json, log.csv, splits.json: byte for byte
 
 
 def test_a_checkpoint_with_pickled_objects_never_suggests_unsafe_loading(run_copy: tuple[Path, Path], tmp_path: Path,
@@ -231,6 +289,26 @@ def test_a_header_larger_than_the_file_fails_fast_without_allocating(name: str, 
     assert seconds < 5  # the issue measured 47 s and ~16 GB before the check existed
 
 
+def test_a_dataset_whose_header_lies_is_refused_without_allocating_and_leaves_no_run(tmp_path: Path,
+                                                                                      capsys) -> None:
+    from tdseg_lite.validate import validate_dataset
+
+    data = write_msd_dataset(tmp_path / "ds", n_cases=2)
+    lying_header(data / "imagesTr" / "case_001.nii.gz", (2000, 2000, 2000), np.int16)
+    lying_header(data / "labelsTr" / "case_001.nii.gz", (2000, 2000, 2000), np.uint8)
+    tracemalloc.start()
+    report = validate_dataset(data)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 64 * 2**20, f"allocated {peak / 2**20:.0f} MiB before refusing"
+    assert any("must hold at most 536,870,912 voxels" in e for e in report.errors), report.errors
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--preset", "smoke", "--device", "cpu",
+                 "--quiet", "--model", "unet"]) == 2
+    err = capsys.readouterr().err  # validate's own one-line form: "tdseg train: error: DATA is not a valid dataset: ..."
+    assert err.count("\n") == 1 and "is not a valid dataset" in err and "must hold at most" in err, err
+    assert not (tmp_path / "r").exists()  # a refused dataset leaves no run folder
+
+
 def test_the_voxel_cap_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tdseg_lite.nifti_io import check_header
 
@@ -277,6 +355,19 @@ def test_a_decompression_bomb_is_refused_before_anything_is_extracted(tmp_path: 
     assert not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
 
 
+def test_a_bomb_is_refused_at_its_first_header_and_leaves_no_folder(tmp_path: Path) -> None:
+    """The members are read lazily: a huge member is refused from its header, before its data is decompressed
+    (here the data is not even there: the archive is cut after 64 KiB)."""
+    from tdseg_lite.download import extract_archive
+
+    bomb = tar_of(tmp_path / "bomb.tar.gz", {"Task/imagesTr/a.nii": 96 << 20, "Task/imagesTr/b.nii": 96 << 20})
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(bomb.read_bytes()[: 64 << 10])
+    with pytest.raises(UserInputError, match="a decompression bomb"):
+        extract_archive(cut, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_total_size_cap_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tdseg_lite.download import extract_archive
 
@@ -321,8 +412,21 @@ def test_a_failed_prepare_removes_the_folder_it_created(tmp_path: Path, capsys) 
 
 
 # --- 9: argument errors before torch -------------------------------------------------------------------------------
+def fake_run(folder: Path, model: str) -> Path:
+    """A run folder with a config.json (TextDiffSeg schedule of 1000 steps) and an empty last.pt."""
+    (folder / "checkpoints").mkdir(parents=True)
+    (folder / "checkpoints" / "last.pt").write_bytes(b"")
+    spec = {"model": {"model": model}, "diffusion": {"num_train_timesteps": 1000}}
+    (folder / "config.json").write_text(json.dumps({"plan": {"preset": "smoke", "spec": spec}, "labels": {}}))
+    return folder
+
+
 def test_argument_errors_are_found_before_torch_or_monai_load(tmp_path: Path) -> None:
-    """One fresh interpreter runs every bad command line; torch and MONAI must still be unloaded after them."""
+    """One fresh interpreter runs every bad command line; torch and MONAI must still be unloaded after them
+    (``--device cuda`` on a machine without CUDA may load torch, not MONAI)."""
+    run = fake_run(tmp_path / "tds", "textdiffseg")
+    ct = tmp_path / "ct.nii.gz"
+    write_ct(ct, shape=(12, 16, 16))
     cases = [["train", "--out", str(tmp_path / "r"), "--set", "train.ae_steps=5"],
              ["train", "--out", str(tmp_path / "r"), "--set", "trian.max_steps=5"],
              ["train", "--out", str(tmp_path / "r"), "--max-minutes", "-1"],
@@ -332,14 +436,30 @@ def test_argument_errors_are_found_before_torch_or_monai_load(tmp_path: Path) ->
              ["evaluate", "--run", str(tmp_path / "nope"), "--out", str(tmp_path / "m.txt")],
              ["evaluate", "--run", str(tmp_path / "nope"), "--out", str(tmp_path / "m.json"), "--samples", "0"],
              ["predict", "--run", str(tmp_path / "nope"), "--input", str(tmp_path / "no.nii.gz"),
-              "--output", str(tmp_path / "o.nii.gz")]]
+              "--output", str(tmp_path / "o.nii.gz")],
+             ["train", "--out", str(tmp_path / "r"), "--set", "train.lr=0.1"],
+             ["train", "--out", str(tmp_path / "r"), "--set", "train.batch_size=2"],
+             ["evaluate", "--run", str(run), "--out", str(tmp_path / "m.json"), "--start-timestep", "5000"],
+             ["predict", "--run", str(run), "--input", str(ct), "--output", str(tmp_path / "o.nii.gz"),
+              "--start", "aux", "--start-timestep", "1000"]]
+    cuda = [["predict", "--run", str(run), "--input", str(ct), "--output", str(tmp_path / "o.nii.gz"),
+             "--device", "cuda"],
+            ["train", "--out", str(tmp_path / "r"), "--preset", "smoke", "--device", "cuda"]]
     code = ("import json, sys; from tdseg_lite.cli import main\n"
             f"codes = [main(a) for a in {json.dumps(cases)}]\n"
-            "print(json.dumps({'codes': codes, 'heavy': sorted(m for m in ('torch', 'monai') if m in sys.modules)}))")
+            "heavy = sorted(m for m in ('torch', 'monai') if m in sys.modules)\n"
+            f"cuda = [main(a) for a in {json.dumps(cuda)}] if not {torch.cuda.is_available()} else []\n"
+            "print(json.dumps({'codes': codes, 'heavy': heavy, 'cuda': cuda, 'monai': 'monai' in sys.modules}))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result == {"codes": [2] * len(cases), "heavy": []}, proc.stderr
-    assert proc.stderr.count("\n") == len(cases), proc.stderr  # one line each
+    n_cuda = 0 if torch.cuda.is_available() else len(cuda)
+    assert result == {"codes": [2] * len(cases), "heavy": [], "cuda": [2] * n_cuda, "monai": False}, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == len(cases) + n_cuda, proc.stderr  # one line each
+    assert "did you mean train.learning_rate?" in lines[9] and "did you mean data.batch_size?" in lines[10]
+    assert "`--start-timestep` must be in [0, 1000) (the run's schedule), got 5000" in lines[11]
+    assert "got 1000" in lines[12]
+    assert all("without a CUDA GPU" in line for line in lines[13:]), lines[13:]
 
 
 # --- 10 and the minor items ----------------------------------------------------------------------------------------
@@ -349,7 +469,8 @@ def test_predict_says_what_its_work_is(run_copy: tuple[Path, Path], tmp_path: Pa
     assert main(["predict", "--run", str(run), "--input", str(tmp_path / "ct.nii.gz"),
                  "--output", str(tmp_path / "seg.nii.gz"), "--device", "cpu", "--quiet"]) == 0
     err = capsys.readouterr().err
-    assert "tdseg predict: " in err and "window(s), one network pass each" in err and "s per window" in err
+    assert "tdseg predict: " in err and "window(s) of the run's 32×32×32 patch, one network pass each" in err
+    assert "s per window" in err
 
 
 def test_work_summary_names_what_dominates() -> None:
@@ -361,6 +482,7 @@ def test_work_summary_names_what_dominates() -> None:
     line = work_summary(model, 8, 2, 4)
     assert line.startswith("8 window(s) × 2 denoiser call(s) × 4 sample(s) = 64 denoiser passes; windows dominate")
     assert "samples dominates" in work_summary(model, 2, 2, 8)
+    assert "the run's 32×32×32 patch (half-overlapping windows) sets it" in work_summary(model, 75, 2, 1, (32, 32, 32))
     model.set_sampling_start("aux", 500)
     assert "× 3 denoiser call(s)" in work_summary(model, 1, 5, 1)  # only the schedule's steps <= 500 run
 
@@ -400,3 +522,21 @@ def test_no_validation_case_is_said_plainly(capsys) -> None:
     _report({"val": [], "steps": 3, "train_seconds": 1.0}, {"value": -math.inf, "step": -1}, Path("r"))
     err = capsys.readouterr().err
     assert "no validation Dice" in err and "val_fraction=0" in err and "-inf" not in err and "step -1" not in err
+
+
+def test_preset_auto_on_resume_says_that_the_run_keeps_its_preset(run_copy: tuple[Path, Path], capsys,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    run, _ = run_copy
+    monkeypatch.setattr("tdseg_lite.train_run.train_run", lambda *a, **kw: 0)
+    assert main(["train", "--out", str(run), "--resume", "--preset", "auto"]) == 0
+    assert "--preset auto on --resume keeps the run's preset (smoke)" in capsys.readouterr().err
+
+
+def test_set_field_names_are_read_without_importing_the_configs() -> None:
+    """``runs.config_fields`` reads each part's class from source; it must list exactly the dataclass fields."""
+    import dataclasses
+
+    from tdseg_lite.runs import PARTS, _classes, config_fields
+
+    classes = _classes()
+    assert {p: config_fields(p) for p in PARTS} == {p: [f.name for f in dataclasses.fields(classes[p])] for p in PARTS}
