@@ -426,7 +426,7 @@ def plan_of_checkpoint(state: Mapping[str, Any], path: Path, sets: Mapping[str, 
         stored = RunPlan.from_dict(plan)
     except ConfigError as err:
         raise CheckpointError(f"`{path}` must hold a run plan this version can build, got one that breaks a rule "
-                              f"({str(err).split('. ')[0]}). Retrain the run, or use the tdseg_lite version that "
+                              f"({str(err).split('. ')[0].rstrip('.')}). Retrain the run, or use the tdseg_lite version that "
                               "wrote it.") from None
     except (KeyError, TypeError, AttributeError, ValueError):
         raise CheckpointError(f"`{path}` must hold a run plan this version can build, got one with a missing or "
