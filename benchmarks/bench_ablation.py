@@ -36,9 +36,7 @@ import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -48,7 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fmt, results_dir, stamp, title, write_report
+from common import fmt, results_dir, stamp, tdseg, title, write_report
 
 from tdseg_lite.utils import pick_device
 
@@ -84,13 +82,6 @@ ALSO_CHANGES: dict[str, str] = {
     "k16": "its own label autoencoder (trained for k = 16: another reconstruction ceiling); the denoiser's and "
            "the aux head's latent width follow k",
 }
-
-
-def tdseg(*args: str) -> float:
-    """Run ``python -m tdseg_lite.cli ARGS``; returns its wall seconds (raises on failure)."""
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "tdseg_lite.cli", *args], check=True)
-    return time.perf_counter() - start
 
 
 def prewarm_label_ae(args: argparse.Namespace, config: str, seed: int) -> dict[str, Any] | None:

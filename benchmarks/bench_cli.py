@@ -24,9 +24,7 @@ import datetime as dt
 import json
 import math
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +32,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fmt, results_dir, stamp, title, write_report
+from common import fmt, results_dir, stamp, tdseg, title, write_report
 
 from tdseg_lite.utils import pick_device
 
 SPEED_GOAL = 3.0  # the frontier goal: within 3x the UNet's seconds per case at no loss of Dice
-
-
-def tdseg(*args: str) -> float:
-    """Run ``python -m tdseg_lite.cli ARGS``; returns its wall seconds (raises on failure)."""
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "tdseg_lite.cli", *args], check=True)
-    return time.perf_counter() - start
 
 
 def trained_steps(run: Path) -> int:

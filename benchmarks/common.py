@@ -14,6 +14,8 @@ import os
 import platform
 import re
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +78,10 @@ def write_report(stem: Path, report: dict[str, Any], lines: list[str]) -> None:
 def fmt(value: float | None, digits: int = 3) -> str:
     """``value`` with ``digits`` decimals, or an en dash for a missing/undefined value."""
     return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"
+
+
+def tdseg(*args: str) -> float:
+    """Run ``python -m tdseg_lite.cli ARGS``; returns its wall seconds (raises on failure)."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "tdseg_lite.cli", *args], check=True)
+    return time.perf_counter() - start
