@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reuse", action="store_true", help="evaluate runs already in --out-dir instead of training")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda (training, evaluation, frontier)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads")
-    ap.add_argument("--steps-grid", default="1,5,10,25")
+    ap.add_argument("--steps-grid", default="1,2,5,10,25", help="DDIM steps (2: the default sampler)")
     ap.add_argument("--samples-grid", default="1,4")
     ap.add_argument("--frontier-cases", type=int, default=0, help="validation cases in the frontier (0: all)")
     ap.add_argument("--aux-starts", default="500",

@@ -40,11 +40,28 @@ def commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
+def cpu_name() -> str:
+    """The CPU's model name and the widest vector ISA torch uses, e.g. ``AMD EPYC, AVX2``.
+
+    Two machines that both say ``x86_64`` can differ by 2x in conv speed (AVX-512 or not), so every
+    CPU figure names both.
+    """
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def device_label(device: torch.device, threads: int) -> str:
-    """``cpu (x86_64), 2 threads`` or ``cuda (NVIDIA H200)``."""
+    """``cpu (AMD EPYC, AVX2), 2 threads`` or ``cuda (NVIDIA H200)``."""
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.machine()}), {threads} threads"
+    return f"cpu ({cpu_name()}), {threads} threads"
 
 
 def results_dir(device: torch.device) -> Path:
