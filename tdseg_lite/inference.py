@@ -68,9 +68,24 @@ def count_windows(shape: Sequence[int], roi_size: Sequence[int], overlap: float 
     return total
 
 
+#: voxels per ``predict`` call when ``sw_batch_size`` is not given: two 64³ windows (the cpu preset's)
+WINDOW_VOXELS_PER_CALL = 2 * 64**3
+
+
+def default_sw_batch(roi_size: Sequence[int]) -> int:
+    """Windows per ``predict`` call: as many as hold ``WINDOW_VOXELS_PER_CALL`` voxels, 2 to 16.
+
+    Small windows are cheap and each call has a fixed cost (Python, the text's keys/values, MONAI's
+    stitching), so they go in larger batches: 16 windows of 32³ (the smoke preset) predict a
+    96×96×64 volume in 2.6 s instead of 3.7–4.4 s with 2 per call (2 CPU threads); 64³ and larger
+    windows keep 2 per call.
+    """
+    return max(2, min(16, WINDOW_VOXELS_PER_CALL // math.prod(int(r) for r in roi_size)))
+
+
 @torch.no_grad()
 def sliding_window_predict(model: Segmenter, image: torch.Tensor, text: Any = None, *, roi_size: Sequence[int],
-                           sw_batch_size: int = 2, overlap: float = 0.5, uncertainty: bool = False,
+                           sw_batch_size: int | None = None, overlap: float = 0.5, uncertainty: bool = False,
                            progress: Callable[[int, int], None] | None = None,
                            **predict_kwargs: Any) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Class probabilities of a whole volume: (1, 1, X, Y, Z) -> (1, N, X, Y, Z) [+ (1, 1, X, Y, Z)].
@@ -80,7 +95,7 @@ def sliding_window_predict(model: Segmenter, image: torch.Tensor, text: Any = No
         image: one volume (batch 1; several cases go through one call each).
         text: the case's prompt (or ``TextEmbedding``), broadcast to every window.
         roi_size: window size (the training patch).
-        sw_batch_size: windows per ``predict`` call.
+        sw_batch_size: windows per ``predict`` call (None: ``default_sw_batch(roi_size)``).
         overlap: window overlap (0.5).
         uncertainty: also return the blended voxel-wise uncertainty.
         progress: ``progress(done, total)``: once with ``done=0`` before the first window, then with the
@@ -113,7 +128,8 @@ def sliding_window_predict(model: Segmenter, image: torch.Tensor, text: Any = No
         volume = torch.cat([volume, volume_coordinates(volume.shape[2:], device)[None]], dim=1)
     if progress is not None:
         progress(0, total)
-    out = sliding_window_inference(volume, tuple(roi_size), sw_batch_size, predictor, overlap=overlap,
+    batch = sw_batch_size or default_sw_batch(roi_size)
+    out = sliding_window_inference(volume, tuple(roi_size), batch, predictor, overlap=overlap,
                                    mode="gaussian")
     out = as_plain(out)
     probs, unc = out[:, :-1], out[:, -1:]
@@ -121,7 +137,7 @@ def sliding_window_predict(model: Segmenter, image: torch.Tensor, text: Any = No
 
 
 def infer_case(model: Segmenter, data_cfg: DataConfig, transform: Any, item: Mapping[str, Any], *, prompt: str | None = None,
-               uncertainty: bool = False, sw_batch_size: int = 2, progress: Callable[[int, int], None] | None = None,
+               uncertainty: bool = False, sw_batch_size: int | None = None, progress: Callable[[int, int], None] | None = None,
                **predict_kwargs: Any) -> dict[str, Any]:
     """Preprocess one case file and predict it on the model grid.
 
@@ -322,7 +338,7 @@ def _first(value: Any, default: str) -> str:
 def evaluate(model: Segmenter, cases: Iterable[Mapping[str, Any]], *, roi_size: Sequence[int],
              class_names: Sequence[str] | None = None, spacing: Sequence[float] | None = None,
              space: str = "model", data_cfg: DataConfig | None = None, tolerance_mm: float = 2.0, seed: int = 0,
-             max_voxels: int = 20_000, max_cases: int | None = None, sw_batch_size: int = 2, overlap: float = 0.5,
+             max_voxels: int = 20_000, max_cases: int | None = None, sw_batch_size: int | None = None, overlap: float = 0.5,
              log: Callable[[str], None] | None = None, **predict_kwargs: Any) -> dict[str, Any]:
     """Predict every case with sliding windows and score it: the one evaluator (result in the module docstring).
 

@@ -249,3 +249,31 @@ def test_cli_start_on_a_unet_run_is_a_one_line_error(tiny_unet_run: tuple[Path, 
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "apply to TextDiffSeg runs, got a UNetSegmenter run" in err
     assert not (tmp_path / "m.json").exists()
+
+
+def test_small_windows_go_in_larger_batches_per_predict_call() -> None:
+    """Smoke's 32³ windows: 16 per call (75 windows of a 96×96×64 volume in 5 calls, not 38); 64³ keeps 2."""
+    from tdseg_lite.inference import default_sw_batch, sliding_window_predict
+
+    assert [default_sw_batch((r,) * 3) for r in (32, 48, 64, 96)] == [16, 4, 2, 2]
+
+    class Counting:  # the Segmenter surface sliding_window_predict uses
+        text = None
+
+        def __init__(self) -> None:
+            self.calls: list[int] = []
+
+        def device(self) -> torch.device:
+            return torch.device("cpu")
+
+        def predict(self, window: torch.Tensor, text: object = None, *, uncertainty: bool = False, **kw: object):
+            self.calls.append(window.shape[0])
+            b, _, *size = window.shape
+            return torch.full((b, 3, *size), 1 / 3), torch.zeros(b, 1, *size)
+
+    model = Counting()
+    probs = sliding_window_predict(model, torch.zeros(1, 1, 96, 96, 64), roi_size=(32, 32, 32))
+    assert sum(model.calls) == 75 and len(model.calls) == 5 and probs.shape == (1, 3, 96, 96, 64)
+    model.calls.clear()
+    sliding_window_predict(model, torch.zeros(1, 1, 96, 96, 64), roi_size=(32, 32, 32), sw_batch_size=2)
+    assert len(model.calls) == 38
