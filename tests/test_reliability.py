@@ -346,7 +346,7 @@ def tar_of(path: Path, members: dict[str, int]) -> Path:
 
 
 def test_a_decompression_bomb_is_refused_before_anything_is_extracted(tmp_path: Path) -> None:
-    from tdseg_lite.download import extract_archive
+    from tdseg_lite.datasets.download import extract_archive
 
     bomb = tar_of(tmp_path / "bomb.tar.gz", {"Task/labelsTr/a.nii": 96 << 20})
     assert bomb.stat().st_size < 2 << 20
@@ -358,7 +358,7 @@ def test_a_decompression_bomb_is_refused_before_anything_is_extracted(tmp_path: 
 def test_a_bomb_is_refused_at_its_first_header_and_leaves_no_folder(tmp_path: Path) -> None:
     """The members are read lazily: a huge member is refused from its header, before its data is decompressed
     (here the data is not even there: the archive is cut after 64 KiB)."""
-    from tdseg_lite.download import extract_archive
+    from tdseg_lite.datasets.download import extract_archive
 
     bomb = tar_of(tmp_path / "bomb.tar.gz", {"Task/imagesTr/a.nii": 96 << 20, "Task/imagesTr/b.nii": 96 << 20})
     cut = tmp_path / "cut.tar.gz"
@@ -369,7 +369,7 @@ def test_a_bomb_is_refused_at_its_first_header_and_leaves_no_folder(tmp_path: Pa
 
 
 def test_the_total_size_cap_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tdseg_lite.download import extract_archive
+    from tdseg_lite.datasets.download import extract_archive
 
     small = tar_of(tmp_path / "small.tar.gz", {"a.nii": 4096})
     monkeypatch.setenv("TDSEG_MAX_EXTRACT_GB", "0.000001")
@@ -380,7 +380,7 @@ def test_the_total_size_cap_follows_the_environment(tmp_path: Path, monkeypatch:
 
 
 def test_a_failed_extraction_removes_what_it_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tdseg_lite.download as dl
+    import tdseg_lite.datasets.download as dl
 
     archive = tar_of(tmp_path / "two.tar.gz", {"a.nii": 1000, "b.nii": 1000})
     real, calls = os.replace, []

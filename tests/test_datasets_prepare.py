@@ -1,4 +1,4 @@
-"""``tdseg prepare`` and ``tdseg_lite.download``, offline, on files that mimic each source exactly.
+"""``tdseg prepare`` and ``tdseg_lite.datasets.download``, offline, on files that mimic each source exactly.
 
 Mimicked formats (tiny arrays, real header conventions):
 
@@ -34,20 +34,20 @@ import numpy as np
 import pytest
 
 from tdseg_lite import cli
-from tdseg_lite import download as dl
-from tdseg_lite.errors import UserInputError
-from tdseg_lite.prepare import (
+from tdseg_lite.datasets import download as dl
+from tdseg_lite.datasets.prepare import (
     prepare_btcv,
     prepare_kits19,
     prepare_msd,
     resolve_msd_task,
 )
-from tdseg_lite.prepare_volumes import (
+from tdseg_lite.datasets.volumes import (
     describe_kits19,
     describe_lesions,
     diameter_cm,
     resample,
 )
+from tdseg_lite.errors import UserInputError
 from tdseg_lite.validate import validate_dataset
 
 KITS_SHAPE = (24, 32, 40)  # (slices, rows, columns), like the real (num_slices, 512, 512)
