@@ -10,7 +10,7 @@
 #   OUT        output dataset folder (default data/btcv_tdseg)
 #
 # SPACING (default "1.5 1.5 2.0" mm) resamples while converting; SPACING="" keeps the native grid
-# (reoriented to RAS). All logic lives in tdseg_lite/prepare.py.
+# (reoriented to RAS). All logic lives in tdseg_lite/datasets/prepare.py.
 set -euo pipefail
 SRC="${1:-}"
 OUT="${2:-data/btcv_tdseg}"

@@ -11,7 +11,7 @@
 # Without --src, `tdseg prepare` downloads the 210 labelled cases into $DOWNLOADS (segmentations from
 # github.com/neheller/kits19, imaging from its Hugging Face dataset, about 25 GB, resumable). SPACING
 # (default "1.5 1.5 2.0" mm, the `full` preset) resamples while converting, which makes the output
-# several times smaller; SPACING="" keeps the native grid. All logic lives in tdseg_lite/prepare.py;
+# several times smaller; SPACING="" keeps the native grid. All logic lives in tdseg_lite/datasets/prepare.py;
 # see data_scripts/README.md for the Colab recipe and the licence (CC BY-NC-SA 4.0).
 set -euo pipefail
 OUT="${1:-data/kits19_tdseg}"

@@ -24,9 +24,9 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: command name -> (module that implements it, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "phantom": ("tdseg_lite.phantom", "write the synthetic abdominal CT phantom dataset (MSD layout)"),
+    "phantom": ("tdseg_lite.phantom.dataset", "write the synthetic abdominal CT phantom dataset (MSD layout)"),
     "validate": ("tdseg_lite.validate", "check an MSD-layout dataset; summary or one-line errors"),
-    "prepare": ("tdseg_lite.prepare", "convert KiTS19 / MSD / BTCV into the common layout"),
+    "prepare": ("tdseg_lite.datasets.prepare", "convert KiTS19 / MSD / BTCV into the common layout"),
     "train": ("tdseg_lite.train_cli", "train TextDiffSeg or a baseline"),
     "evaluate": ("tdseg_lite.evaluate", "score a trained run on a dataset (Dice, HD95, ...)"),
     "predict": ("tdseg_lite.predict", "segment one CT volume into a label NIfTI"),

@@ -89,7 +89,7 @@ def check_set_keys(sets: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 def config_fields(part: str) -> list[str]:
     """The field names of ``part``'s config class, read from its module's source (nothing is imported).
 
-    ``tests/test_reliability.py`` checks them against ``dataclasses.fields`` of the real class.
+    ``tests/test_runs.py`` checks them against ``dataclasses.fields`` of the real class.
     """
     spec = importlib.util.find_spec(PART_MODULES[part])
     tree = ast.parse(Path(str(spec.origin)).read_text(encoding="utf-8"))

@@ -1,8 +1,12 @@
-"""Shared fixtures."""
+"""Shared fixtures and helpers (``from conftest import ...``: tests/ is on sys.path)."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -99,3 +103,55 @@ def tiny_unet_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return root / "run", data
+
+
+#: text that a one-line error of a command must never contain (tracebacks, library internals)
+LEAKS = ("Traceback", "weights_only=False", "Weights only load failed", "nibabel", "ImageFileError", "zlib.error")
+
+
+def one_line(capsys: pytest.CaptureFixture[str], command: str) -> str:
+    """The command's stderr, checked to be exactly one `tdseg COMMAND: error:` line without foreign text."""
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"tdseg {command}: error: `"), err
+    assert not any(leak in err for leak in LEAKS), err
+    return err
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, bytes]]:
+    """Every file under ``folder``: (mtime_ns, bytes), to prove that nothing was written."""
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def run_copy(tiny_unet_run: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the session's trained UNet run (smoke preset) and its dataset."""
+    run, data = tiny_unet_run
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run", data
+
+
+# every `tdseg train` of test_train_run and test_distributed: tiny TextDiffSeg, 1 thread, a step-only budget
+FAST = ["--preset", "smoke", "--device", "cpu", "--quiet", "--set", "label_ae.max_steps=5", "--set", "train.val_max_cases=1",
+        "--set", "train.val_steps=1", "--set", "train.warmup_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_msd_dataset(tmp_path_factory.mktemp("ds"), n_cases=5)
+
+
+def run_env(tmp: Path) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TDSEG_ARTIFACTS": str(tmp / "artifacts"),
+            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONHASHSEED": "0"}
+
+
+def tdseg(args: list[str], env: dict[str, str], **kw: Any) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tdseg_lite.cli", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out

@@ -13,35 +13,54 @@ import pytest
 import tdseg_lite
 
 PACKAGE = Path(tdseg_lite.__file__).parent
-MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
+#: dotted module name below ``tdseg_lite`` -> its file; a subpackage is its ``__init__.py`` ("phantom")
+PATHS = {".".join(p.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__"): p
+         for p in sorted(PACKAGE.rglob("*.py")) if p != PACKAGE / "__init__.py"}
+MODULES = sorted(PATHS)
 #: lazy (function-level) import pairs that still close a cycle, with who owns them; shrink, never grow
 KNOWN_LAZY_CYCLES = {
     frozenset({"text", "reports"}),  # model modules: text.make_text_encoder <-> reports.StructuredReportEncoder
-    frozenset({"phantom", "phantom_labels"}),  # phantom modules: tdseg phantom --labels-from <-> _nifti_gz
 }
 #: modules that ``tdseg`` loads before it has checked the arguments: no torch, no MONAI at import time
 LIGHT = ("cli", "config", "errors", "checks", "runs", "train_cli", "evaluate", "predict", "utils", "label_cache",
-         "nifti_io")
+         "nifti_io", "bench", "phantom", "phantom.dataset", "datasets", "datasets.prepare", "datasets.volumes",
+         "datasets.download")
+
+
+def package_module(dotted: str) -> str:
+    """The package module that an import of ``tdseg_lite.<dotted>`` loads (its longest known prefix)."""
+    parts = dotted.split(".")
+    while parts and ".".join(parts) not in PATHS:
+        parts.pop()
+    return ".".join(parts)
+
+
+def parents(module: str) -> list[str]:
+    """The subpackages whose ``__init__`` runs before ``module`` does ("phantom" for "phantom.scan")."""
+    parts = module.split(".")
+    return [".".join(parts[:k]) for k in range(1, len(parts))]
 
 
 def imports(module: str, lazy: bool) -> set[str]:
     """Package modules (and top-level third-party packages) imported by ``module``: at module level, or anywhere."""
-    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    tree = ast.parse(PATHS[module].read_text())
     nodes = ast.walk(tree) if lazy else iter(tree.body)
     out: set[str] = set()
     for node in nodes:
         if isinstance(node, ast.If) and not lazy:  # `if TYPE_CHECKING:` blocks never run
             continue
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "tdseg_lite":
-                out |= {a.name for a in node.names if a.name in MODULES}
+            if node.module == "tdseg_lite" or node.module.startswith("tdseg_lite."):
+                base = node.module.removeprefix("tdseg_lite").removeprefix(".")
+                for alias in node.names:  # `from tdseg_lite.phantom import scan` imports the module phantom.scan
+                    sub = f"{base}.{alias.name}" if base else alias.name
+                    out.add(sub if sub in PATHS else package_module(base))
             else:
-                out.add(node.module.removeprefix("tdseg_lite.").split(".")[0] if node.module.startswith("tdseg_lite.")
-                        else "ext:" + node.module.split(".")[0])
+                out.add("ext:" + node.module.split(".")[0])
         elif isinstance(node, ast.Import):
-            out |= {a.name.removeprefix("tdseg_lite.").split(".")[0] if a.name.startswith("tdseg_lite.")
+            out |= {package_module(a.name.removeprefix("tdseg_lite.")) if a.name.startswith("tdseg_lite.")
                     else "ext:" + a.name.split(".")[0] for a in node.names}
-    return out - {module}
+    return out - {module, ""}
 
 
 def cycles(lazy: bool) -> list[set[str]]:
@@ -100,7 +119,7 @@ def test_the_command_modules_are_light_at_import_time() -> None:
             if m in seen or m.startswith("ext:"):
                 continue
             seen.add(m)
-            todo += list(imports(m, lazy=False))
+            todo += [*imports(m, lazy=False), *parents(m)]
         pulled = {d for m in seen if not m.startswith("ext:") for d in imports(m, lazy=False)} & heavy
         assert not pulled, f"{module} imports {sorted(pulled)} at import time (via {sorted(seen)})"
 

@@ -12,10 +12,10 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, 
 
 from tdseg_lite import cli
 from tdseg_lite.errors import UserInputError
-from tdseg_lite.phantom_findings import describe
-from tdseg_lite.phantom_labels import build_from_labels, find_label_files, read_label_map
-from tdseg_lite.phantom_labels_geometry import find_kidneys, measure, to_canonical
-from tdseg_lite.phantom_labels_paint import synthesise
+from tdseg_lite.phantom.findings import describe
+from tdseg_lite.phantom.labels import build_from_labels, find_label_files, read_label_map
+from tdseg_lite.phantom.labels_geometry import find_kidneys, measure, to_canonical
+from tdseg_lite.phantom.labels_paint import synthesise
 from tdseg_lite.validate import validate_dataset
 
 SHAPE, SPACING = (60, 52, 34), (5.0, 5.0, 6.0)  # R-L, A-P, I-S: a 300 x 260 x 204 mm field of view

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import IPL_AFFINE, synthetic_case
+from conftest import IPL_AFFINE, one_line, synthetic_case
 from test_model import one_thread  # noqa: F401 - tests/ is on sys.path; autouse fixture
 
 from tdseg_lite.cli import main
@@ -151,3 +151,35 @@ def test_cli_end_to_end_on_a_trained_run(tiny_unet_run: tuple[Path, Path], tmp_p
     labels, u = np.asanyarray(nib.load(str(seg)).dataobj), nib.load(str(unc)).get_fdata()
     assert set(np.unique(labels)) <= {0, 1, 2} and np.isfinite(u).all() and u.min() >= 0
     assert not list(seg.parent.glob(".*.tmp")), "atomic writes must not leave temporary files"
+
+
+def test_predict_says_what_its_work_is(run_copy: tuple[Path, Path], tmp_path: Path, capsys) -> None:
+    run, _ = run_copy
+    write_ct(tmp_path / "ct.nii.gz", shape=(12, 40, 40))
+    assert main(["predict", "--run", str(run), "--input", str(tmp_path / "ct.nii.gz"),
+                 "--output", str(tmp_path / "seg.nii.gz"), "--device", "cpu", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "tdseg predict: " in err and "window(s) of the run's 32×32×32 patch, one network pass each" in err
+    assert "s per window" in err
+
+
+def test_work_summary_names_what_dominates() -> None:
+    from test_model import make
+
+    from tdseg_lite.predict import work_summary
+
+    model = make("textdiffseg")
+    line = work_summary(model, 8, 2, 4)
+    assert line.startswith("8 window(s) × 2 denoiser call(s) × 4 sample(s) = 64 denoiser passes; windows dominate")
+    assert "samples dominates" in work_summary(model, 2, 2, 8)
+    assert "the run's 32×32×32 patch (half-overlapping windows) sets it" in work_summary(model, 75, 2, 1, (32, 32, 32))
+    model.set_sampling_start("aux", 500)
+    assert "× 3 denoiser call(s)" in work_summary(model, 1, 5, 1)  # only the schedule's steps <= 500 run
+
+
+def test_a_failed_predict_leaves_no_output_folder(tmp_path: Path, capsys) -> None:
+    write_ct(tmp_path / "ct.nii.gz", shape=(12, 16, 16))
+    assert main(["predict", "--run", str(tmp_path / "no_run"), "--input", str(tmp_path / "ct.nii.gz"),
+                 "--output", str(tmp_path / "new" / "deeper" / "seg.nii.gz")]) == 2
+    one_line(capsys, "predict")
+    assert not (tmp_path / "new").exists()

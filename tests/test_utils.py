@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
+import torch
+from conftest import one_line
 
+from tdseg_lite.cli import main
 from tdseg_lite.errors import UserInputError
 from tdseg_lite.utils import (
     artifacts_dir,
@@ -74,3 +78,11 @@ def test_seed_everything_repeats_draws() -> None:
 def test_environment_report_has_versions() -> None:
     report = environment_report()
     assert {"torch", "monai", "python", "cuda_available", "cpu_threads"} <= set(report)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_one_line_before_anything_is_written(tmp_path: Path, capsys) -> None:
+    assert main(["train", "--out", str(tmp_path / "r"), "--preset", "smoke", "--model", "unet",
+                 "--device", "cuda"]) == 2
+    assert "`--device` asks for CUDA, got 'cuda' on a machine without a CUDA GPU" in one_line(capsys, "train")
+    assert not (tmp_path / "r").exists()

@@ -5,14 +5,18 @@ from __future__ import annotations
 import gzip
 import json
 import sys
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import write_msd_dataset
+from test_nifti_io import lying_header
 
 from tdseg_lite import cli
+from tdseg_lite.cli import main
 from tdseg_lite.errors import UserInputError
 from tdseg_lite.validate import ValidationReport, case_id_from_path, validate_dataset
 
@@ -249,3 +253,23 @@ def test_case_id_and_no_monai_import() -> None:
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_dataset_whose_header_lies_is_refused_without_allocating_and_leaves_no_run(tmp_path: Path,
+                                                                                      capsys) -> None:
+    from tdseg_lite.validate import validate_dataset
+
+    data = write_msd_dataset(tmp_path / "ds", n_cases=2)
+    lying_header(data / "imagesTr" / "case_001.nii.gz", (2000, 2000, 2000), np.int16)
+    lying_header(data / "labelsTr" / "case_001.nii.gz", (2000, 2000, 2000), np.uint8)
+    tracemalloc.start()
+    report = validate_dataset(data)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 64 * 2**20, f"allocated {peak / 2**20:.0f} MiB before refusing"
+    assert any("must hold at most 536,870,912 voxels" in e for e in report.errors), report.errors
+    assert main(["train", "--data", str(data), "--out", str(tmp_path / "r"), "--preset", "smoke", "--device", "cpu",
+                 "--quiet", "--model", "unet"]) == 2
+    err = capsys.readouterr().err  # validate's own one-line form: "tdseg train: error: DATA is not a valid dataset: ..."
+    assert err.count("\n") == 1 and "is not a valid dataset" in err and "must hold at most" in err, err
+    assert not (tmp_path / "r").exists()  # a refused dataset leaves no run folder

@@ -2,15 +2,15 @@
 
 The image keeps the label map's grid (shape, spacing, affine) and is built in three layers:
 
-1. **Surroundings** (``phantom_organs.build_surroundings``) on a coarse working grid of about
-   ``WORK_MM``, in millimetres relative to the midline that ``phantom_labels_geometry`` found: body
+1. **Surroundings** (``organs.build_surroundings``) on a coarse working grid of about
+   ``WORK_MM``, in millimetres relative to the midline that ``labels_geometry`` found: body
    wall, subcutaneous and intra-abdominal fat, muscle, bowel, spine and ribs, aorta and IVC, liver,
    gallbladder, stomach, spleen, pancreas, the lung bases above the diaphragm; the body's width
    follows the field of view and its cavity is fitted around the real kidneys.
 2. **Kidneys at full resolution** in a box around them: perirenal fat, a cortical rim, medullary
    pyramids, sinus fat and pelvis on the antero-medial side, every tumour component with its own
    mean HU and texture, a necrotic core in some tumours of at least ``NECROSIS_MIN_CM``.
-3. **Scanner** (``phantom_scan``): the case's tissue means, smooth texture, tumour offsets and
+3. **Scanner** (``scan``): the case's tissue means, smooth texture, tumour offsets and
    partial-volume blur; the coarse image is interpolated to the full grid, the box blended in over
    ``RAMP_MM``, then correlated noise at full resolution and clipping to [-1024, 3071] HU.
 
@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from tdseg_lite.phantom_anatomy import PROTECTED, TUMOUR_ID0, Grid, O, T, smooth_field
-from tdseg_lite.phantom_findings import describe, equivalent_diameter_cm
-from tdseg_lite.phantom_labels_geometry import SIDES, find_kidneys, from_canonical, measure, to_canonical, world
-from tdseg_lite.phantom_organs import build_surroundings
-from tdseg_lite.phantom_scan import (
+from tdseg_lite.phantom.anatomy import PROTECTED, TUMOUR_ID0, Grid, O, T, smooth_field
+from tdseg_lite.phantom.findings import describe, equivalent_diameter_cm
+from tdseg_lite.phantom.labels_geometry import SIDES, find_kidneys, from_canonical, measure, to_canonical, world
+from tdseg_lite.phantom.organs import build_surroundings
+from tdseg_lite.phantom.scan import (
     NOISE_REACH,
     NOISE_SIGMA,
     noise_gain,
@@ -75,7 +75,7 @@ def _at(coarse: np.ndarray, f: list[int], where: tuple[slice, ...]) -> np.ndarra
 
 
 def _add_noise(img: np.ndarray, rng: np.random.Generator, gain: float, chunk: int = 32) -> None:
-    """Add ``phantom_scan``'s correlated noise in place, slab by slab along axis 0 (the same field as one pass)."""
+    """Add ``scan``'s correlated noise in place, slab by slab along axis 0 (the same field as one pass)."""
     from scipy import ndimage
 
     n, h = img.shape[0], NOISE_REACH

@@ -1,7 +1,7 @@
 """``tdseg prepare``: convert KiTS19, MSD (Task03/07/09/10) and BTCV into the common layout.
 
 Every converter writes ``OUT/dataset.json`` + ``imagesTr/ labelsTr/ [imagesTs/]`` with label names
-and a per-case ``description`` computed from the label map (see ``prepare_volumes``), which
+and a per-case ``description`` computed from the label map (see ``volumes``), which
 ``prompts.case_prompt`` appends to the class prompt. Sources (``--src`` takes files downloaded
 elsewhere, so nothing needs a network):
 
@@ -16,7 +16,7 @@ elsewhere, so nothing needs a network):
 * BTCV (Synapse, registration needed): ``RawData/Training/{img,label}/``, ``RawData/Testing/img/``.
 
 A re-run with the same settings resumes (finished cases are kept); ``tdseg prepare`` ends with
-``validate_dataset``. Downloads and safe extraction: ``tdseg_lite.download``. Recipe:
+``validate_dataset``. Downloads and safe extraction: ``download``. Recipe:
 ``data_scripts/README.md``.
 """
 
@@ -31,15 +31,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tdseg_lite import download as dl
-from tdseg_lite.errors import UserInputError
-from tdseg_lite.prepare_volumes import (
+from tdseg_lite.datasets import download as dl
+from tdseg_lite.datasets.volumes import (
     describe_kits19,
     describe_lesions,
     describe_organs,
     write_case,
     write_test_case,
 )
+from tdseg_lite.errors import UserInputError
 from tdseg_lite.utils import atomic_write_text
 
 __all__ = [

@@ -3,7 +3,7 @@
 Everything here works in **world millimetres, NIfTI RAS+**: ``+x`` points to the patient's
 *Right*, ``+y`` *Anterior*, ``+z`` *Superior*. An organ on the patient's left therefore has
 ``x < 0``. The generator paints on a *canonical* grid whose array axes follow RAS
-(index ``i`` grows toward the patient's right, ``j`` anterior, ``k`` superior); ``phantom.py``
+(index ``i`` grows toward the patient's right, ``j`` anterior, ``k`` superior); ``scan.reorient``
 reorients the finished arrays to the requested orientation and writes the matching affine.
 
 Shapes are evaluated on *warped* coordinates (a smooth random displacement field, a few mm),

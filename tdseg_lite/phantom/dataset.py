@@ -1,9 +1,9 @@
 """Synthetic abdominal CT phantom in the Medical Segmentation Decathlon layout; ``tdseg phantom``.
 
-Every case is a procedural abdomen (``phantom_organs``): body wall, bowel, spine and ribs, aorta
+Every case is a procedural abdomen (``organs``): body wall, bowel, spine and ribs, aorta
 and IVC, liver, gallbladder, stomach, spleen, pancreas and kidneys with random sizes, positions
 and smooth deformations, in realistic Hounsfield units (``HU_RANGES``). Tumours
-(``phantom_findings``) go into a configurable fraction of kidneys / pancreases; each case gets
+(``findings``) go into a configurable fraction of kidneys / pancreases; each case gets
 a description and structured ``findings`` measured on the generated volume. The intensity
 image is blurred (partial volume) and gets correlated Gaussian noise. Three label sets mimic
 real datasets (``LABEL_SETS``): KiTS19 (kidney), MSD Task07 (pancreas) and a BTCV subset.
@@ -17,7 +17,7 @@ Determinism: case ``i`` is drawn from ``SeedSequence([seed, i])`` only, so the s
 byte-identical files and a case does not depend on ``num_cases``, ``workers`` or the task's
 tumour draw (anatomy, tumours and noise use separate streams).
 
-``tdseg phantom --labels-from DIR`` paints real kidney label maps instead (``phantom_labels``).
+``tdseg phantom --labels-from DIR`` paints real kidney label maps instead (``labels``).
 
 Explained in ``notebooks/00_setup_and_data.ipynb``.
 """
@@ -37,8 +37,8 @@ import numpy as np
 
 from tdseg_lite.config import ConfigError, config_to_dict
 from tdseg_lite.errors import UserInputError
-from tdseg_lite.phantom_anatomy import HU_RANGES, TISSUES
-from tdseg_lite.phantom_scan import AXIS, LABEL_SETS, hu_statistics
+from tdseg_lite.phantom.anatomy import HU_RANGES, TISSUES
+from tdseg_lite.phantom.scan import AXIS, LABEL_SETS, hu_statistics, nifti_gz
 from tdseg_lite.utils import atomic_write_bytes, atomic_write_text
 
 __all__ = [
@@ -160,9 +160,9 @@ def generate_case(cfg: PhantomConfig, index: int) -> PhantomCase:
     Returns:
         ``PhantomCase`` with image/label/tissue arrays (I, J, K) in ``cfg.orientation``.
     """
-    from tdseg_lite.phantom_findings import add_tumours, describe, measure_findings
-    from tdseg_lite.phantom_organs import build_anatomy
-    from tdseg_lite.phantom_scan import (
+    from tdseg_lite.phantom.findings import add_tumours, describe, measure_findings
+    from tdseg_lite.phantom.organs import build_anatomy
+    from tdseg_lite.phantom.scan import (
         affine_for,
         case_grid,
         label_map,
@@ -184,25 +184,12 @@ def generate_case(cfg: PhantomConfig, index: int) -> PhantomCase:
     )
 
 
-def _nifti_gz(arr: np.ndarray, affine: np.ndarray) -> bytes:
-    """Bytes of a gzipped NIfTI-1 file (deterministic: no name or time in the gzip header)."""
-    import gzip
-
-    import nibabel as nib
-
-    img = nib.Nifti1Image(arr, affine)
-    img.header.set_xyzt_units("mm", "sec")
-    img.set_qform(affine, code=1)
-    img.set_sform(affine, code=1)
-    return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
-
-
 def _write_case(out: Path, cfg: PhantomConfig, index: int) -> dict[str, Any]:
     """Generate and write one case (image int16 HU, label uint8); return its dataset.json entry."""
     case = generate_case(cfg, index)
     image = np.round(case.image).astype(np.int16)
-    atomic_write_bytes(out / "imagesTr" / f"{case.name}.nii.gz", _nifti_gz(image, case.affine))
-    atomic_write_bytes(out / "labelsTr" / f"{case.name}.nii.gz", _nifti_gz(case.label, case.affine))
+    atomic_write_bytes(out / "imagesTr" / f"{case.name}.nii.gz", nifti_gz(image, case.affine))
+    atomic_write_bytes(out / "labelsTr" / f"{case.name}.nii.gz", nifti_gz(case.label, case.affine))
     return {"image": f"./imagesTr/{case.name}.nii.gz", "label": f"./labelsTr/{case.name}.nii.gz",
             "description": case.description, "findings": case.findings}
 
@@ -351,13 +338,13 @@ def _number(flag: str, value: str | None, kind: type, example: str) -> Any:
 def cli_main(args: Any) -> int:
     """``tdseg phantom``: write the dataset, print a one-line summary; bad input -> UserInputError.
 
-    With ``--labels-from`` the cases are real label maps painted by ``phantom_labels``.
+    With ``--labels-from`` the cases are real label maps painted by ``labels``.
     """
     workers = _number("--workers", args.workers, int, "2")
     if workers < 1:
         raise UserInputError(f"`--workers` must be >= 1, got {workers}. Pass e.g. --workers 2.")
     if getattr(args, "labels_from", None) is not None:
-        from tdseg_lite.phantom_labels import cli_labels
+        from tdseg_lite.phantom.labels import cli_labels
 
         return cli_labels(args, _number)
     if getattr(args, "max_cases", None) is not None:

@@ -1,6 +1,6 @@
 """Tumours of the CT phantom, what was measured about them, and the per-case text description.
 
-Tumours are painted into the finished anatomy (``phantom_organs``); afterwards every fact in
+Tumours are painted into the finished anatomy (``organs``); afterwards every fact in
 the description is *measured* on the final maps, never copied from the random draw:
 
 * size: diameter of the sphere with the tumour's volume, ``d = (6 V / pi)^(1/3)``, in cm
@@ -13,7 +13,7 @@ the description is *measured* on the final maps, never copied from the random dr
   body (30-70 %) or tail;
 * multi-organ volumes in mL inside the scanned field.
 
-The kidney rules live in ``kidney_tumour_finding``, which ``phantom_labels_paint`` also applies to
+The kidney rules live in ``kidney_tumour_finding``, which ``labels_paint`` also applies to
 real label maps (where a side without kidney gives an ``"absent"`` finding: "the left kidney is not seen").
 
 World frame: NIfTI RAS+ mm (``+x`` patient Right, ``+y`` Anterior, ``+z`` Superior).
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from tdseg_lite.phantom_anatomy import (
+from tdseg_lite.phantom.anatomy import (
     TUMOUR_ID0,
     Ellipsoid,
     O,
@@ -34,7 +34,7 @@ from tdseg_lite.phantom_anatomy import (
     T,
     frame,
 )
-from tdseg_lite.phantom_organs import Anatomy
+from tdseg_lite.phantom.organs import Anatomy
 
 __all__ = [
     "add_tumours", "describe", "equivalent_diameter_cm", "kidney_pole", "kidney_tumour_finding", "measure_findings",

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tdseg_lite import cli, phantom
+from tdseg_lite import cli
 from tdseg_lite.config import ConfigError, build_config
 from tdseg_lite.errors import UserInputError
 from tdseg_lite.phantom import (
@@ -21,6 +21,7 @@ from tdseg_lite.phantom import (
     generate_phantom,
     hu_statistics,
 )
+from tdseg_lite.phantom import dataset as phantom  # the module behind the package's names (monkeypatched below)
 
 SMALL = {"shape": (48, 48, 32), "spacing": (6.0, 6.0, 6.0)}      # same field of view, 1/8 of the voxels
 MEDIUM = {"shape": (64, 64, 43), "spacing": (4.5, 4.5, 4.5)}     # the smoke preset

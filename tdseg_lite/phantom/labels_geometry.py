@@ -9,7 +9,7 @@
   its centroid has the larger world ``x``; one that straddles the midline is split there. Each
   tumour component (26-connected label 2) takes the side most of its voxels lie on.
 * ``measure``: each tumour component of at least ``MIN_REPORTED_ML`` (the ``MAX_REPORTED``
-  largest) measured by ``phantom_findings.kidney_tumour_finding`` -- equivalent-sphere diameter,
+  largest) measured by ``findings.kidney_tumour_finding`` -- equivalent-sphere diameter,
   pole from its kidney's cranio-caudal extent in world ``z``, exophytic when > 30 % of it lies
   outside the convex hull of its kidney, necrotic when a necrotic core was painted; a side with no
   kidney voxel gives an ``"absent"`` finding.
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tdseg_lite.phantom_findings import kidney_tumour_finding
+from tdseg_lite.phantom.findings import kidney_tumour_finding
 
 __all__ = ["SIDES", "Kidneys", "find_kidneys", "from_canonical", "measure", "to_canonical", "world"]
 

@@ -10,9 +10,9 @@ one of three layouts, tried in this order:
 
 Every map is checked before anything is written (readable, 3D, finite, invertible affine, values
 in {0, 1, 2}, at least one kidney voxel); a bad one stops the run with one line naming the file.
-Each case is painted by ``phantom_labels_paint.synthesise`` on the map's own grid and written in
+Each case is painted by ``labels_paint.synthesise`` on the map's own grid and written in
 MSD layout: the label copied unchanged (uint8), the image int16 HU, both with the map's affine.
-The descriptions are *oracle reports derived from the masks* (``phantom_findings``), and
+The descriptions are *oracle reports derived from the masks* (``findings``), and
 ``dataset.json`` says so. Case ``name`` depends only on the seed and its name (``SeedSequence([seed,
 crc32(name)])``), not on the other files or ``--max-cases``.
 """
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from tdseg_lite.errors import UserInputError
-from tdseg_lite.phantom_scan import LABEL_SETS
+from tdseg_lite.phantom.scan import LABEL_SETS, nifti_gz
 from tdseg_lite.utils import atomic_write_bytes, atomic_write_text
 
 __all__ = ["LabelSource", "build_from_labels", "cli_labels", "find_label_files", "read_label_map"]
@@ -162,8 +162,7 @@ def _check_target(out: Path, src: Path) -> bool:
 
 def _write_case(out: Path, source: LabelSource, seed: int, noise_hu: float, blur_mm: float) -> dict[str, Any]:
     """Paint and write one case; return its dataset.json entry."""
-    from tdseg_lite.phantom import _nifti_gz
-    from tdseg_lite.phantom_labels_paint import synthesise
+    from tdseg_lite.phantom.labels_paint import synthesise
 
     label, affine = read_label_map(source.path)
     rngs = tuple(np.random.default_rng(s) for s in
@@ -171,9 +170,9 @@ def _write_case(out: Path, source: LabelSource, seed: int, noise_hu: float, blur
     case = synthesise(label, affine, rngs, noise_hu=noise_hu, blur_mm=blur_mm, necrosis=source.necrosis)
     image = np.round(case.image).astype(np.int16)
     del case.image
-    atomic_write_bytes(out / "imagesTr" / f"{source.name}.nii.gz", _nifti_gz(image, affine))
+    atomic_write_bytes(out / "imagesTr" / f"{source.name}.nii.gz", nifti_gz(image, affine))
     del image
-    atomic_write_bytes(out / "labelsTr" / f"{source.name}.nii.gz", _nifti_gz(label, affine))
+    atomic_write_bytes(out / "labelsTr" / f"{source.name}.nii.gz", nifti_gz(label, affine))
     zooms = np.linalg.norm(affine[:3, :3], axis=0)
     return {"image": f"./imagesTr/{source.name}.nii.gz", "label": f"./labelsTr/{source.name}.nii.gz",
             "description": case.description, "findings": case.findings, "source": source.path.name
@@ -252,7 +251,7 @@ def build_from_labels(src: str | Path, out_dir: str | Path, *, seed: int = 0, ma
                        "coordinates, pole from the kidney's cranio-caudal extent, exophytic) and from the painted "
                        "necrosis; they are not radiology reports.",
         "descriptions": "oracle reports derived from the masks",
-        "reference": "tdseg_lite.phantom_labels", "licence": LICENCES[layout], "tensorImageSize": "3D",
+        "reference": "tdseg_lite.phantom.labels", "licence": LICENCES[layout], "tensorImageSize": "3D",
         "modality": {"0": "CT"}, "labels": {str(k): v for k, v in LABEL_SETS["kidney"].items()},
         "numTraining": len(entries), "numTest": 0, "training": entries, "test": [], BLOCK: block,
     }

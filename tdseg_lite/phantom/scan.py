@@ -3,10 +3,11 @@
 * ``render``: per-case tissue means drawn inside ``HU_RANGES``, a smooth texture, a mean per
   tumour, Gaussian partial-volume blur, correlated Gaussian noise, clipping to [-1024, 3071]. Its
   steps (``tissue_means``, ``texture_sd``, ``tumour_offsets``, ``partial_volume``, ``noise_gain``)
-  also paint real label maps (``phantom_labels_paint``).
+  also paint real label maps (``labels_paint``).
 * ``label_map``: organ map -> KiTS19 / MSD pancreas / BTCV-subset labels (``LABEL_SETS``).
 * ``reorient`` / ``affine_for``: the canonical RAS arrays -> any axis order such as ``"LPS"`` or
-  ``"IPL"``, with the NIfTI affine (voxel index -> RAS+ mm) that keeps world positions.
+  ``"IPL"``, with the NIfTI affine (voxel index -> RAS+ mm) that keeps world positions;
+  ``nifti_gz``: the bytes of the gzipped NIfTI file written with that affine.
 * ``hu_statistics``: pooled HU mean/SD per tissue or label (the realism table of notebook 00).
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from tdseg_lite.phantom_anatomy import (
+from tdseg_lite.phantom.anatomy import (
     HU_RANGES,
     ORGANS,
     TEXTURE_HU,
@@ -28,8 +29,8 @@ from tdseg_lite.phantom_anatomy import (
 )
 
 __all__ = [
-    "LABEL_SETS", "affine_for", "case_grid", "hu_statistics", "label_map", "noise_gain", "partial_volume", "render",
-    "reorient", "texture_sd", "tissue_means", "tumour_offsets",
+    "LABEL_SETS", "affine_for", "case_grid", "hu_statistics", "label_map", "nifti_gz", "noise_gain", "partial_volume",
+    "render", "reorient", "texture_sd", "tissue_means", "tumour_offsets",
 ]
 
 #: task -> label id -> name. kidney: KiTS19; pancreas: MSD Task07; multiorgan: BTCV names of
@@ -76,6 +77,19 @@ def affine_for(grid: Grid, code: str) -> np.ndarray:
         if sign < 0:
             aff[w, 3] = float(axes[w][-1])
     return aff
+
+
+def nifti_gz(arr: np.ndarray, affine: np.ndarray) -> bytes:
+    """Bytes of a gzipped NIfTI-1 file (deterministic: no name or time in the gzip header)."""
+    import gzip
+
+    import nibabel as nib
+
+    img = nib.Nifti1Image(arr, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)
 
 
 def tissue_means(rng: np.random.Generator) -> np.ndarray:

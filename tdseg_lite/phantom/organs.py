@@ -4,7 +4,7 @@ World frame: NIfTI RAS+ mm (``+x`` = patient Right, ``+y`` = Anterior, ``+z`` = 
 origin at the centre of the field of view. Painting order (later strokes win, but never over
 bone or the great vessels): body wall and table -> bowel and colon -> psoas -> spine and ribs
 -> aorta and IVC -> stomach, liver (+ vessels), gallbladder, spleen -> duodenum, pancreas ->
-perirenal fat (where no organ is) and kidneys. Tumours are added by ``phantom_findings``.
+perirenal fat (where no organ is) and kidneys. Tumours are added by ``findings``.
 
 Placement (patient frame): liver right-upper, spleen left-upper-posterior, stomach left-upper-
 anterior, kidneys posterior either side of the spine (the right one lower), pancreas anterior
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from tdseg_lite.phantom_anatomy import (
+from tdseg_lite.phantom.anatomy import (
     Canvas,
     Ellipsoid,
     Grid,
@@ -309,7 +309,7 @@ def _paint_lung_bases(cv: Canvas, L: dict[str, float]) -> None:
 def build_surroundings(grid: Grid, rng: np.random.Generator,
                        fit: Callable[[dict[str, float], np.random.Generator], dict[str, float]]) -> Anatomy:
     """Paint the abdomen of ``build_anatomy`` without kidneys, fitted around kidneys that come from
-    elsewhere (real label maps, ``phantom_labels_paint``).
+    elsewhere (real label maps, ``labels_paint``).
 
     Args:
         grid: the canonical (RAS) grid, in millimetres relative to the body's midline.
