@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from tdseg_lite.errors import UserInputError
-from tdseg_lite.phantom.scan import LABEL_SETS, nifti_gz
+from tdseg_lite.phantom.scan import LABEL_SETS, nifti_gz, remove_stale
 from tdseg_lite.utils import atomic_write_bytes, atomic_write_text
 
 __all__ = ["LabelSource", "build_from_labels", "cli_labels", "find_label_files", "read_label_map"]
@@ -238,11 +238,7 @@ def build_from_labels(src: str | Path, out_dir: str | Path, *, seed: int = 0, ma
         if progress:
             shape = "x".join(map(str, entry["shape"]))
             print(f"  [{i + 1}/{len(sources)}] {Path(entry['image']).name} ({shape}): {entry['description']}", flush=True)
-    keep = {Path(e["image"]).name for e in entries}
-    for sub in ("imagesTr", "labelsTr"):
-        for f in (out / sub).glob("*.nii.gz"):
-            if f.name not in keep:
-                f.unlink()
+    remove_stale(out, {Path(e["image"]).name for e in entries}, "*.nii.gz")
     meta = {
         "name": f"tdseg_lite phantom from real kidney label maps ({src.name})",
         "description": "Synthetic CT painted by tdseg_lite around real kidney label maps (labels copied unchanged, "

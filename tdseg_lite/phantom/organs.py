@@ -306,6 +306,19 @@ def _paint_lung_bases(cv: Canvas, L: dict[str, float]) -> None:
     cv.paint((slice(None),) * 3, cv.cavity & (cv.coords[2] > L["z_dome"]), T["bowel gas"])
 
 
+def _body_and_skeleton(grid: Grid, rng: np.random.Generator, L: dict[str, float]) -> tuple[Canvas, Anatomy]:
+    """The part both builders share, in this random order: the canvas warp, then body wall, bowel,
+    psoas and spine."""
+    warp = tuple(np.float32(_u(rng, 2.0, 4.0)) * smooth_field(rng, grid, 50.0) for _ in range(3))
+    cv = Canvas(grid, warp)
+    anat = Anatomy(cv)
+    _paint_body(cv, rng, L)
+    _paint_bowel(cv, rng, L)
+    _paint_psoas(cv, rng, L)
+    _paint_spine(cv, rng, L)
+    return cv, anat
+
+
 def build_surroundings(grid: Grid, rng: np.random.Generator,
                        fit: Callable[[dict[str, float], np.random.Generator], dict[str, float]]) -> Anatomy:
     """Paint the abdomen of ``build_anatomy`` without kidneys, fitted around kidneys that come from
@@ -324,13 +337,7 @@ def build_surroundings(grid: Grid, rng: np.random.Generator,
         landmarks used.
     """
     L = fit(_landmarks(rng, grid), rng)
-    warp = tuple(np.float32(_u(rng, 2.0, 4.0)) * smooth_field(rng, grid, 50.0) for _ in range(3))
-    cv = Canvas(grid, warp)
-    anat = Anatomy(cv)
-    _paint_body(cv, rng, L)
-    _paint_bowel(cv, rng, L)
-    _paint_psoas(cv, rng, L)
-    _paint_spine(cv, rng, L)
+    cv, anat = _body_and_skeleton(grid, rng, L)
     if "z_dome" in L:
         _paint_lung_bases(cv, L)
     anat.facts.update(_paint_vessels(cv, rng, L))
@@ -352,13 +359,7 @@ def build_anatomy(grid: Grid, rng: np.random.Generator) -> Anatomy:
         geometry used to place tumours.
     """
     L = _landmarks(rng, grid)
-    warp = tuple(np.float32(_u(rng, 2.0, 4.0)) * smooth_field(rng, grid, 50.0) for _ in range(3))
-    cv = Canvas(grid, warp)
-    anat = Anatomy(cv)
-    _paint_body(cv, rng, L)
-    _paint_bowel(cv, rng, L)
-    _paint_psoas(cv, rng, L)
-    _paint_spine(cv, rng, L)
+    cv, anat = _body_and_skeleton(grid, rng, L)
     anat.facts.update(_paint_vessels(cv, rng, L))
     _paint_upper(cv, rng, L, anat)
     _paint_pancreas(cv, rng, L, anat)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -228,3 +229,12 @@ def hu_statistics(cases: Iterable[Any], by: str = "tissue", core: bool = True) -
                          "voxels": int(cnt), "core": bool(use_core),
                          "expected": HU_RANGES.get(name) if by == "tissue" else None}
     return out
+
+
+def remove_stale(out: Path, keep: set[str], pattern: str) -> None:
+    """Delete ``imagesTr``/``labelsTr`` files of ``out`` matching ``pattern`` whose name is not in ``keep``
+    (cases of an earlier, larger run of the same writer)."""
+    for sub in ("imagesTr", "labelsTr"):
+        for f in (out / sub).glob(pattern):
+            if f.name not in keep:
+                f.unlink()
