@@ -3,6 +3,7 @@
     python benchmarks/bench_step.py                                  # auto device, cpu preset: 4 patches of 64³
     python benchmarks/bench_step.py --preset full --amp bf16         # GPU, the full preset's 96³ patches
     python benchmarks/bench_step.py --models unet,textdiffseg --out /tmp/step.json
+    python benchmarks/bench_step.py --models "unet,textdiffseg,no-seg=textdiffseg@diffusion.dice_weight=0@diffusion.ce_weight=0"
 
 For each model it times one optimiser step of the real engine (``Trainer.train_step``: loss,
 backward, clipping, AdamW, with AMP as asked; median of ``--steps`` after warm-up), reads the peak
@@ -11,7 +12,8 @@ the preset, one sample). Data are random tensors of the right shapes: this measu
 the data pipeline. The text encoder is the offline all-MiniLM-L6-v2 when installed, else a tiny
 random BERT (the prompt embedding is cached either way, so it does not enter the step cost).
 
-Each model is measured in its own process, so that a CPU's peak RSS belongs to that model alone.
+A ``--models`` entry is a model name or a variant ``label=model@part.field=value@...`` (where the
+time of a step goes: switch one part off and compare). Each model is measured in its own process, so that a CPU's peak RSS belongs to that model alone.
 Writes ``results[/gpu_NAME]/step_PRESET-preset_pPATCH_AMP.{json,md}`` unless ``--out`` names a file.
 """
 
@@ -30,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fmt, results_dir, stamp, title, write_report
+from common import fmt, parse_models, results_dir, stamp, title, write_report
 
 
 def tiny_text_model(folder: Path) -> str:
@@ -62,12 +64,14 @@ def text_encoder(cache: Path, tiny: bool = False):
     return TextEncoder(cfg, cache_dir=cache / "text_cache")
 
 
-def time_model(name: str, args: argparse.Namespace, device: torch.device, cache: Path) -> dict:
+def time_model(variant: str, args: argparse.Namespace, device: torch.device, cache: Path) -> dict:
+    from tdseg_lite.config import parse_set_arguments
     from tdseg_lite.model import ModelSpec, build_model
     from tdseg_lite.profiling import measure_training, synthetic_batch
     from tdseg_lite.train import TrainConfig
 
-    spec = ModelSpec.build(args.preset, {"model": name})
+    label, (name, sets) = next(iter(parse_models(variant).items()))
+    spec = ModelSpec.build(args.preset, {**parse_set_arguments([f"{k}={v}" for k, v in sets.items()]), "model": name})
     model = build_model(spec, text_encoder=text_encoder(cache, args.tiny_text) if name != "unet" else None,
                         patch_size=(args.patch,) * 3).to(device)
     batch = synthetic_batch(args.batch, args.patch, spec.model.num_classes, device)
@@ -87,7 +91,7 @@ def time_model(name: str, args: argparse.Namespace, device: torch.device, cache:
             torch.cuda.synchronize()
         infer = time.perf_counter() - t0
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"model": name, **row, "peak_gpu_gib": row["peak_memory_gib"] if device.type == "cuda" else None,
+    return {"model": label, **row, "peak_gpu_gib": row["peak_memory_gib"] if device.type == "cuda" else None,
             "predict_patch_s": infer, "trainable_params_m": params / 1e6}
 
 
@@ -142,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
               "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
               "--device", args.device] + ["--compile"] * args.compile + ["--tiny-text"] * args.tiny_text
     rows = []
-    for name in args.models.split(","):
-        rows.append(one_model_in_subprocess(name, common))
+    for label, (name, sets) in parse_models(args.models).items():
+        rows.append(one_model_in_subprocess(f"{label}={name}" + "".join(f"@{k}={v}" for k, v in sets.items()), common))
         print(json.dumps(rows[-1]), flush=True)
     record = {**stamp(device, args.threads), "args": {k: str(v) for k, v in vars(args).items() if k != "row_out"},
               "rows": rows}

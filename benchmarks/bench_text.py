@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_text.py                       # textdiffseg, text-unet, unet; 3 seeds; 10 min
     .venv/bin/python benchmarks/bench_text.py --minutes 1 --seeds 0 --test-cases 4      # a quick look
     .venv/bin/python benchmarks/bench_text.py --models "tds-structured=textdiffseg@text.model=structured"
+    .venv/bin/python benchmarks/bench_text.py --decoys 1 --models textdiffseg,unet     # side only in the report
 
 Each run trains one model at the ``cpu`` preset for the same wall clock (``--minutes``; runs go
 ``--parallel`` at a time, ``--threads`` each, so every run gets the same share of the machine) on the
@@ -23,7 +24,14 @@ name or ``label=model@part.field=value@...``. Runs are stored per (label, seed) 
 re-used when their JSON exists (``--fresh`` ignores them); each run's weights are kept next to it
 (``<label>_seed<seed>.pt``, ``{spec, state_dict}``: notebook 06 shows what such a model does with a report).
 
-Writes ``results/text_effect.json`` and ``.md`` (stamped: device, threads, date, commit).
+``--decoys P`` trains and tests on phantoms where each tumour-free kidney gets, with probability P,
+a *decoy*: a lesion that looks like a tumour but is labelled kidney and is not in the report
+(``phantom.findings.add_decoys``). On the plain phantom the image shows where the tumour is, so a
+model has no reason to read the side from the report; with decoys only the report tells the tumour
+from its look-alike, and the swapped report should move the prediction to the other kidney.
+
+Writes ``results/text_effect.json`` and ``.md`` (``text_effect_decoys`` with ``--decoys``; stamped:
+device, threads, date, commit).
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fmt, results_dir, stamp, title, write_report
+from common import fmt, parse_models, results_dir, stamp, title, write_report
 
 from tdseg_lite.reports import CONDITIONS, parse_report, report_conditions
 
@@ -51,16 +59,6 @@ DEFAULT_MODELS = "textdiffseg,text-unet,unet"
 TARGETS = ("right − none tumour Dice ≥ +0.10 (TextDiffSeg)", "no-tumour report: ≤ 0.5 mL per tumour-free case",
            "swapped ≥ 0.05 tumour Dice below right", "paraphrase within 0.03 of right",
            "TextDiffSeg (right) ≥ UNet + 0.05 tumour Dice")
-
-
-def parse_models(text: str) -> dict[str, tuple[str, dict[str, str]]]:
-    """``"a=textdiffseg@text.model=structured,unet"`` -> ``{"a": ("textdiffseg", {...}), "unet": ("unet", {})}``."""
-    out = {}
-    for item in filter(None, (x.strip() for x in text.split(","))):
-        head, *rest = item.split("@")
-        label, _, name = head.rpartition("=")
-        out[label or name] = (name, dict(p.split("=", 1) for p in rest))
-    return out
 
 
 def side_fraction(pred: torch.Tensor, label: torch.Tensor, report_text: str | None) -> float | None:
@@ -84,14 +82,33 @@ def _mean(values: list[float | None]) -> float:
     return sum(vals) / len(vals) if vals else math.nan
 
 
+def phantoms(args: argparse.Namespace, dcfg: Any) -> tuple[Path, Path]:
+    """(training dataset, test dataset) folders under ``--work``; generated when absent.
+
+    Without ``--decoys`` the training set is the run's default phantom; the test set is always
+    ``--test-cases`` new cases of seed ``--test-seed``.
+    """
+    from tdseg_lite.data import default_dataset
+    from tdseg_lite.phantom import PhantomConfig, ensure_phantom
+
+    data = Path(args.work) / "artifacts" / "data"
+    tag = f"_decoys{args.decoys:g}" if args.decoys else ""
+    test = ensure_phantom(data / f"phantom_kidney_test_{args.test_cases}{tag}", PhantomConfig(
+        task="kidney", num_cases=args.test_cases, seed=args.test_seed, decoy_fraction=args.decoys))
+    if not args.decoys:
+        return Path(default_dataset(dcfg, "", artifacts=data.parent)), Path(test)
+    train = ensure_phantom(data / f"phantom_kidney{tag}", PhantomConfig(
+        task="kidney", num_cases=dcfg.phantom_cases, seed=dcfg.phantom_seed, decoy_fraction=args.decoys))
+    return Path(train), Path(test)
+
+
 def worker(args: argparse.Namespace) -> int:
     """Train one (model, seed) for the budget and score it under every condition; writes ``--result``."""
     from tdseg_lite.config import build_config, parse_set_arguments
-    from tdseg_lite.data import DataConfig, default_dataset, load_datalist, make_datasets, make_loaders, val_transforms
+    from tdseg_lite.data import DataConfig, load_datalist, make_datasets, make_loaders, val_transforms
     from tdseg_lite.inference import case_metrics, sliding_window_predict
     from tdseg_lite.label_cache import cached_label_autoencoder
     from tdseg_lite.model import AuxHeadView, ModelSpec, build_model
-    from tdseg_lite.phantom import PhantomConfig, ensure_phantom
     from tdseg_lite.prompts import dataset_prompts
     from tdseg_lite.text import make_text_encoder
     from tdseg_lite.train import TrainConfig, fit
@@ -103,11 +120,9 @@ def worker(args: argparse.Namespace) -> int:
     label, (name, sets) = next(iter(parse_models(args.models).items()))
     sets = parse_set_arguments([f"{k}={v}" for k, v in sets.items()] + list(args.set))
     dcfg = build_config(DataConfig, args.preset, {k[5:]: v for k, v in sets.items() if k.startswith("data.")})
-    root = default_dataset(dcfg, "", artifacts=art)
+    root, test_root = phantoms(args, dcfg)
     train_ds, val_ds = make_datasets(dcfg, root, splits_path=Path(args.work) / "splits.json")
     loader, _ = make_loaders(dcfg, train_ds, val_ds)
-    test_root = ensure_phantom(art / "data" / f"phantom_kidney_test_{args.test_cases}",
-                               PhantomConfig(task="kidney", num_cases=args.test_cases, seed=args.test_seed))
     tf = val_transforms(dcfg)
     entries = load_datalist(test_root)
     cases = [tf(e) for e in entries]
@@ -213,10 +228,19 @@ def aggregate(runs: list[dict[str, Any]], single_side: list[bool] | None = None)
     return out
 
 
-def verdicts(agg: dict[str, Any], tds: str = "textdiffseg", unet: str = "unet") -> list[str]:
-    """One line per target, computed (met / not met, by how much)."""
+def verdicts(agg: dict[str, Any], tds: str | None = None, unet: str = "unet") -> list[str]:
+    """One line per target, computed (met / not met, by how much), for ``tds``: the run labelled
+    ``textdiffseg``, else the first TextDiffSeg variant (named in the lines)."""
+    if tds is None:
+        variants = [label for label, r in agg.items() if r["model"] == "textdiffseg"]
+        tds = "textdiffseg" if "textdiffseg" in variants or not variants else variants[0]
     if tds not in agg:
         return [f"- targets need the `{tds}` model; not run."]
+    lines = _verdict_lines(agg, tds, unet)
+    return lines if tds == "textdiffseg" else [f"- (`{tds}`) {line[2:]}" for line in lines]
+
+
+def _verdict_lines(agg: dict[str, Any], tds: str, unet: str) -> list[str]:
     s = agg[tds]["scores"]
     t = lambda c: s[f"model/{c}"]["dice_tumour"][0]
     lines = []
@@ -242,7 +266,10 @@ def markdown(report: dict[str, Any]) -> list[str]:
     lines = [title(report, "Text effect: six report conditions", f"{a['minutes']} min per run, seeds {a['seeds']}"),
              "", (f"Training: {a['preset']} preset on {a.get('device', 'cpu')}, {a['minutes']} min wall clock per run, "
              f"{a['parallel']} runs at a time with {a['threads']} thread(s) each; label autoencoder reused from the cache. Test: {a['test_cases']} new "
-             f"phantom cases (seed {a['test_seed']}). TextDiffSeg sampler: {a['steps'] or 'default'} DDIM steps × "
+             f"phantom cases (seed {a['test_seed']})."
+             + (f" Decoys: each tumour-free kidney of the training and test phantoms has, with probability "
+                f"{a['decoys']:g}, a tumour-like lesion labelled kidney that no report mentions." if a.get('decoys') else "")
+             + f" TextDiffSeg sampler: {a['steps'] or 'default'} DDIM steps × "
              f"{a['samples']} sample(s). Mean ± sd over seeds."), "",
              "| model | condition | Dice kidney | Dice tumour | tumour FP mL / tumour-free case | tumour on the named side |",
              "|---|---|---|---|---|---|"]
@@ -278,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=1, help="samples per prediction (TextDiffSeg)")
     ap.add_argument("--parallel", type=int, default=2, help="runs at a time")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    ap.add_argument("--decoys", type=float, default=0.0, help="P(decoy lesion) per tumour-free kidney in the "
+                    "training and test phantoms (default 0: the plain phantom)")
     ap.add_argument("--device", default="cpu", help="cpu | cuda | auto (training and prediction; use --parallel 1 on one GPU)")
     ap.add_argument("--work", default="/tmp/tdseg_bench_text", help="run folder (results per run, artifacts)")
     ap.add_argument("--fresh", action="store_true", help="ignore stored run results")
@@ -286,10 +315,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--result", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if not 0 <= args.decoys <= 1:
+        ap.error(f"--decoys must be in [0, 1], got {args.decoys}; pass e.g. --decoys 1")
     if args.worker:
         return worker(args)
     work = Path(args.work)
     (work / "runs").mkdir(parents=True, exist_ok=True)
+    from tdseg_lite.config import build_config, parse_set_arguments
+    from tdseg_lite.data import DataConfig, load_datalist
+
+    dcfg = build_config(DataConfig, args.preset, {k[5:]: v for k, v in parse_set_arguments(list(args.set)).items()
+                                                  if k.startswith("data.")})
+    test_root = phantoms(args, dcfg)[1]  # both datasets exist before the runs start (no two writers)
     models = parse_models(args.models)
     seeds = [int(s) for s in args.seeds.split(",")]
     jobs = []
@@ -302,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = [sys.executable, __file__, "--worker", "--models", spec, "--seed", str(seed), "--result", str(result),
                    "--minutes", str(args.minutes), "--preset", args.preset, "--test-cases", str(args.test_cases),
                    "--test-seed", str(args.test_seed), "--samples", str(args.samples), "--threads", str(args.threads),
-                   "--device", args.device,
+                   "--device", args.device, "--decoys", str(args.decoys),
                    "--work", str(work), *(["--steps", str(args.steps)] if args.steps else []),
                    *[f"--set={s}" for s in args.set]]
             jobs.append((label, seed, cmd))
@@ -324,16 +361,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     runs = [json.loads((work / "runs" / f"{label}_seed{seed}.json").read_text())
             for seed in seeds for label in models]
-    from tdseg_lite.data import load_datalist
     from tdseg_lite.utils import pick_device
 
-    test_root = work / "artifacts" / "data" / f"phantom_kidney_test_{args.test_cases}"  # the worker's test phantom
     agg = aggregate(runs, single_sided([e.get("description") for e in load_datalist(test_root)]))
 
     device = pick_device(args.device)
     report = {**stamp(device, args.threads), "args": vars(args), "aggregate": agg,
               "verdicts": verdicts(agg), "runs": runs}
-    out = Path(args.out) if args.out else results_dir(device) / "text_effect"
+    out = Path(args.out) if args.out else results_dir(device) / ("text_effect_decoys" if args.decoys else "text_effect")
     write_report(out, report, markdown(report))
     return 0
 

@@ -92,6 +92,19 @@ def write_report(stem: Path, report: dict[str, Any], lines: list[str]) -> None:
     print("\n".join(lines), flush=True)
 
 
+def parse_models(text: str) -> dict[str, tuple[str, dict[str, str]]]:
+    """A comma list of model variants, each a model name or ``label=model@part.field=value@...``:
+
+    ``"a=textdiffseg@text.model=structured,unet"`` -> ``{"a": ("textdiffseg", {...}), "unet": ("unet", {})}``.
+    """
+    out = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        head, *rest = item.split("@")
+        label, _, name = head.rpartition("=")
+        out[label or name] = (name, dict(p.split("=", 1) for p in rest))
+    return out
+
+
 def fmt(value: float | None, digits: int = 3) -> str:
     """``value`` with ``digits`` decimals, or an en dash for a missing/undefined value."""
     return "–" if value is None or math.isnan(value) else f"{value:.{digits}f}"

@@ -16,9 +16,10 @@ reliability bins, ECE), on at most ``max_voxels`` random voxels per case.
 ``metrics.json`` (NaN is written as ``null``; ``CLASS`` = every foreground class name)::
 
     {
-      "schema_version": 2,
+      "schema_version": 3,
       "run": str, "checkpoint": {"which": "best"|"last", "step": int}, "model": str,
       "data": str, "split": "val"|"all", "space": "original"|"model",
+      "reports": "own"|"none",                       # the prompts: each case's description, or the label names only
       "steps": int|null, "samples": int|null,        # DDIM steps / ensemble size; null: not a diffusion model
       "start": "noise"|"aux"|null, "start_timestep": int|null,  # where sampling starts (aux: SDEdit from the aux head)
       "seed": int, "tolerance_mm": float, "classes": [CLASS, ...], "num_cases": int,
@@ -37,6 +38,10 @@ reliability bins, ECE), on at most ``max_voxels`` random voxels per case.
                                        "confidence": float|null, "accuracy": float|null}]},  # 10 bins
       "versions": {package: version}
     }
+
+``--reports none`` scores the same cases with the label names as the only prompt. On real data the
+descriptions that ``tdseg prepare`` and ``tdseg phantom --labels-from`` write are oracle reports
+(measured on the reference masks), so a real-data number is reported with both.
 
 ``metrics.csv`` next to it has one row per case and class: ``case_id,class,dice,hd95_mm,surface_dice,seconds``
 (empty cells for NaN).
@@ -66,9 +71,10 @@ from tdseg_lite.errors import UserInputError, require
 if TYPE_CHECKING:
     from tdseg_lite.data import DataConfig
 
-__all__ = ["METRICS", "SCHEMA_VERSION", "add_cli_arguments", "cli_main", "select_cases", "write_metrics"]
+__all__ = ["METRICS", "REPORTS", "SCHEMA_VERSION", "add_cli_arguments", "cli_main", "select_cases", "with_reports",
+           "write_metrics"]
 
-SCHEMA_VERSION = 2  # 2: + start, start_timestep
+SCHEMA_VERSION = 3  # 2: + start, start_timestep; 3: + reports
 #: per-class metrics of every case, in ``metrics.json`` and the CSV (= ``inference.METRICS``)
 METRICS = ("dice", "hd95_mm", "surface_dice")
 
@@ -81,6 +87,17 @@ def __getattr__(name: str) -> Any:
 
         return getattr(inference, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+REPORTS = ("own", "none")
+
+
+def with_reports(items: list[dict[str, Any]], reports: str) -> list[dict[str, Any]]:
+    """The cases with the reports the model reads: ``"own"`` keeps each ``description``, ``"none"``
+    drops it (the prompt is then the label template alone)."""
+    require(reports in REPORTS, "--reports", f"must be one of {', '.join(REPORTS)}", reports,
+            "Pass --reports own or --reports none.", UserInputError)
+    return items if reports == "own" else [{k: v for k, v in e.items() if k != "description"} for e in items]
 
 
 def select_cases(run: str | Path, checkpoint: Mapping[str, Any], data_cfg: DataConfig, data: str | None,
@@ -150,6 +167,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                         help="TextDiffSeg: sample from noise or from the aux head's latent (default: the run's)")
     parser.add_argument("--start-timestep", type=int, default=None,
                         help="TextDiffSeg with --start aux: timestep the aux latent is noised to (default: the run's)")
+    parser.add_argument("--reports", default="own", choices=REPORTS,
+                        help="own: each case's description from dataset.json (on real data an oracle report made "
+                             "from the masks); none: the label names only")
     parser.add_argument("--which", default="best", choices=("best", "last"), help="checkpoint to load")
     parser.add_argument("--space", default="original", choices=("original", "model"),
                         help="score in the label files' own grid or on the model grid")
@@ -188,6 +208,7 @@ def cli_main(args: argparse.Namespace) -> int:
     model, plan, ckpt = load_trained(args.run, args.which, device)
     apply_sampling_start(model, args.start, args.start_timestep)
     root, items = select_cases(args.run, ckpt, plan.data, args.data, args.split)
+    items = with_reports(items, args.reports)
     labels = {int(k): v for k, v in ckpt["config"]["labels"].items()}
     names = [labels[k] for k in sorted(labels) if k > 0]
     log = None if args.quiet else (lambda line: print(f"tdseg evaluate: {line}", file=sys.stderr))
@@ -197,7 +218,7 @@ def cli_main(args: argparse.Namespace) -> int:
     which = args.which if (run / "checkpoints" / f"{args.which}.pt").is_file() else "last"  # load_trained's fallback
     payload = {"schema_version": SCHEMA_VERSION, "run": str(run),
                "checkpoint": {"which": which, "step": int(ckpt["step"])},
-               "model": plan.spec.model.model, "data": str(root), "split": args.split, **res,
+               "model": plan.spec.model.model, "data": str(root), "split": args.split, "reports": args.reports, **res,
                "versions": versions()}
     json_path, csv_path = write_metrics(payload, out)
     print(f"tdseg evaluate: {res['num_cases']} case(s), mean Dice {res['mean_dice']:.3f}, mean HD95 "

@@ -94,13 +94,17 @@ def test_summary_gathers_tables_and_replaces_only_the_readme_block(tmp_path: Pat
 
 def test_step_suite_measures_each_model_in_its_own_process(tmp_path: Path) -> None:
     out = tmp_path / "step.json"
-    assert main(["bench", "step", "--", "--models", "unet", "--preset", "smoke", "--steps", "1", "--warmup", "1",
-                 "--device", "cpu", "--out", str(out)]) == 0
+    assert main(["bench", "step", "--", "--models", "lean=unet@model.unet_res_units=0", "--preset", "smoke",
+                 "--steps", "1", "--warmup", "1", "--device", "cpu", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     (row,) = report["rows"]
-    assert row["model"] == "unet" and row["step_s"] > 0 and row["peak_memory_gib"] > 0
+    assert row["model"] == "lean" and row["step_s"] > 0 and row["peak_memory_gib"] > 0
+    from tdseg_lite.model import ModelSpec, build_model
+
+    lean = build_model(ModelSpec.build("smoke", {"model": "unet", "model.unet_res_units": 0}), patch_size=(32,) * 3)
+    assert row["trainable_params_m"] == pytest.approx(sum(p.numel() for p in lean.parameters()) / 1e6)  # the variant ran
     assert report["args"]["batch"] == "4" and report["args"]["patch"] == "32"  # the smoke preset's 2 × 2 crops of 32³
-    assert "| unet |" in out.with_suffix(".md").read_text() and report["commit"] and report["device"].startswith("cpu")
+    assert "| lean |" in out.with_suffix(".md").read_text() and report["commit"] and report["device"].startswith("cpu")
 
 
 STAMP = re.compile(r"^# .+\((?:cpu \(.+\), \d+ threads|cuda \(.+\)), \d{4}-\d\d-\d\dT[\d:]+\+00:00, commit [0-9a-f]{7,}")
@@ -210,3 +214,16 @@ def test_text_side_shift_is_zero_when_the_tumour_ignores_the_report_and_one_when
     # all predicted tumour follows the report to the named kidney; the bilateral case does not count
     assert bt.side_shift(run([1.0, 1.0, None, None], [1.0, 1.0, None, None]), single) == pytest.approx(1.0)
     assert math.isnan(bt.side_shift(run([None, 1.0, None, None], [0.5, 1.0, None, None]), single))
+
+
+def test_text_verdicts_name_the_variant_they_judge() -> None:
+    bt = _bench_module("bench_text")
+    cell = lambda tumour, side=math.nan, fp=0.0: {"dice_kidney": (0.9, 0.0), "dice_tumour": (tumour, 0.0),
+                                                  "fp_ml_tumour_free": (fp, 0.0), "side_fraction": (side, 0.0)}
+    scores = {"model/right": cell(0.30, 0.9), "model/none": cell(0.10), "model/other": cell(0.1, fp=5.0),
+              "model/swapped": cell(0.20, 0.4), "model/no_tumour": cell(0.0), "model/paraphrase": cell(0.29, 0.9)}
+    agg = {"tds-structured": {"model": "textdiffseg", "scores": scores, "side_shift": (0.3, 0.0)}}
+    lines = bt.verdicts(agg)
+    assert len(lines) == 4 and all(line.startswith("- (`tds-structured`) ") for line in lines)
+    assert "met (+0.200)" in lines[0] and "met (+0.100; side share 0.90 → 0.40; side shift tds-structured 0.30)" in lines[2]
+    assert bt.verdicts({"unet": {"model": "unet", "scores": scores}}) == ["- targets need the `textdiffseg` model; not run."]

@@ -44,8 +44,9 @@ def check_schema(m: dict[str, Any], full: bool = True) -> None:
            "uncertainty": (dict, type(None))}
     if full:
         top |= {"schema_version": int, "run": str, "checkpoint": dict, "model": str, "data": str, "split": str,
-                "versions": dict}
+                "reports": str, "versions": dict}
         assert set(m["checkpoint"]) == {"which", "step"} and m["split"] in ("val", "all")
+        assert m["reports"] in ("own", "none")
     assert set(m) == set(top), set(m) ^ set(top)
     for key, kind in top.items():
         assert isinstance(m[key], kind), (key, m[key])
@@ -191,10 +192,23 @@ def test_cli_end_to_end_writes_metrics_json_and_csv(tiny_unet_run: tuple[Path, P
     assert list(rows[0]) == ["case_id", "class", *METRICS, "seconds"]
     out2 = tmp_path / "all.json"
     assert main(["evaluate", "--run", str(run), "--data", str(data), "--split", "all", "--space", "model",
-                 "--max-cases", "2", "--out", str(out2), "--quiet", "--device", "cpu"]) == 0
+                 "--max-cases", "2", "--out", str(out2), "--quiet", "--device", "cpu", "--reports", "none"]) == 0
     m2 = json.loads(out2.read_text())
     check_schema(m2)
     assert m2["num_cases"] == 2 and m2["space"] == "model" and m2["cases"][0]["spacing_mm"] == [3.0, 3.0, 3.0]
+    assert m["reports"] == "own" and m2["reports"] == "none"
+
+
+def test_reports_none_drops_each_description_and_own_keeps_it() -> None:
+    from tdseg_lite.evaluate import with_reports
+
+    items = [{"image": "a.nii.gz", "label": "b.nii.gz", "case_id": "c0", "description": "A 3 cm tumour ..."},
+             {"image": "d.nii.gz", "label": "e.nii.gz", "case_id": "c1"}]
+    assert with_reports(items, "own") == items
+    assert with_reports(items, "none") == [{"image": "a.nii.gz", "label": "b.nii.gz", "case_id": "c0"}, items[1]]
+    assert "description" in items[0]  # the caller's list is not changed
+    with pytest.raises(UserInputError, match="`--reports` must be one of own, none, got 'oracle'"):
+        with_reports(items, "oracle")
 
 
 @pytest.mark.parametrize(("extra", "pattern"), [

@@ -55,6 +55,8 @@ def kidney_cases() -> list[phantom.PhantomCase]:
         ({"noise_hu": -1.0}, r"noise_hu` must be a number in \[0, 100\]"),
         ({"blur_mm": 20.0}, r"blur_mm` must be a number in \[0, 10\]"),
         ({"anisotropic": "yes"}, r"anisotropic` must be True or False"),
+        ({"decoy_fraction": -0.1}, r"decoy_fraction` \(--decoy-fraction\) must be a number in \[0, 1\], got -0\.1"),
+        ({"task": "pancreas", "decoy_fraction": 0.5}, r"decoy_fraction` \(--decoy-fraction\) applies only to task='kidney'"),
         ({"orientation": "RAX"}, r"orientation` \(--orientation\) must be 3 letters.*got 'RAX'\. Use e\.g\. 'RAS'"),
         ({"orientation": "RRS"}, r"orientation"),
     ],
@@ -88,6 +90,30 @@ def test_same_seed_identical_other_seed_differs_and_cases_independent() -> None:
     c = generate_case(PhantomConfig(num_cases=5, seed=8, **SMALL), 2)
     assert not np.array_equal(a.image, c.image)
     assert not np.array_equal(a.image, generate_case(cfg, 3).image)
+
+
+def test_decoys_look_like_tumours_but_keep_labels_and_reports() -> None:
+    """A decoy changes the image (tumour tissue in a tumour-free kidney) and nothing else; 0 = no decoys."""
+    plain, with_decoys = PhantomConfig(seed=3, **MEDIUM), PhantomConfig(seed=3, decoy_fraction=1.0, **MEDIUM)
+    assert "decoy_fraction" not in plain.block()["options"]  # datasets written before decoys keep their identity
+    assert with_decoys.block()["options"]["decoy_fraction"] == 1.0
+    tumour = TISSUES.index("kidney tumour")
+    seen = 0
+    for i in range(6):
+        a, b = generate_case(plain, i), generate_case(with_decoys, i)
+        assert a.label.tobytes() == b.label.tobytes() and a.description == b.description and a.findings == b.findings
+        sides = {f["organ"] for f in a.findings if f["kind"] == "tumour"}
+        new = (b.tissue == tumour) & (a.tissue != tumour)
+        if len(sides) == 2:  # both kidneys hold a tumour: nowhere to put a decoy
+            assert not new.any() and a.image.tobytes() == b.image.tobytes()
+            continue
+        assert new.any() and (a.label[new] == 1).all()  # tumour-looking voxels labelled kidney
+        x = world(b, new)[:, 0]  # RAS+: x > 0 is the patient's right
+        assert not any(((x > 0) if "right" in s else (x < 0)).any() for s in sides)  # only in tumour-free kidneys
+        seen += 1
+    assert seen >= 2
+    again = generate_case(with_decoys, 0)
+    assert again.image.tobytes() == generate_case(with_decoys, 0).image.tobytes()
 
 
 # --- realism -------------------------------------------------------------------------------
@@ -308,6 +334,7 @@ def test_cli_happy_path(tmp_path, capsys) -> None:
         (["--cases", "-3"], "(--cases) must be an integer in [1, 100000], got -3. Pass e.g. --cases 40."),
         (["--cases", "ten"], "`--cases` must be an integer, got 'ten'. Pass e.g. --cases 40."),
         (["--tumour-fraction", "2"], "(--tumour-fraction) must be a number in [0, 1]"),
+        (["--decoy-fraction", "x"], "`--decoy-fraction` must be a number, got 'x'. Pass e.g. --decoy-fraction 0.5."),
         (["--orientation", "XYZ"], "(--orientation) must be 3 letters"),
         (["--workers", "0"], "`--workers` must be >= 1, got 0. Pass e.g. --workers 2."),
     ],

@@ -15,7 +15,12 @@ direction each array axis grows toward (nibabel ``aff2axcodes`` letters): ``"RAS
 
 Determinism: case ``i`` is drawn from ``SeedSequence([seed, i])`` only, so the same seed gives
 byte-identical files and a case does not depend on ``num_cases``, ``workers`` or the task's
-tumour draw (anatomy, tumours and noise use separate streams).
+tumour draw (anatomy, tumours, noise and decoys use separate streams).
+
+Decoys (``decoy_fraction``, kidney task, default 0): a tumour-free kidney may get a lesion that
+looks like a tumour but is labelled kidney and is not in the report -- a case where only the
+report can say which kidney holds the tumour (``findings.add_decoys``). With the default 0 the
+cases are the same as without the option.
 
 ``tdseg phantom --labels-from DIR`` paints real kidney label maps instead (``labels``).
 
@@ -51,7 +56,7 @@ TASKS: tuple[str, ...] = ("kidney", "pancreas", "multiorgan")
 DEFAULT_TUMOUR_FRACTION: dict[str, float] = {"kidney": 0.5, "pancreas": 0.5, "multiorgan": 0.0}
 _MARKER = ".tdseg_phantom_in_progress.json"
 _FLAGS = {"task": "--task", "num_cases": "--cases", "seed": "--seed", "tumour_fraction": "--tumour-fraction",
-          "orientation": "--orientation"}
+          "decoy_fraction": "--decoy-fraction", "orientation": "--orientation"}
 
 
 def _bad(name: str, rule: str, value: Any, fix: str) -> ConfigError:
@@ -91,6 +96,7 @@ class PhantomConfig:
     shape: tuple[int, int, int] = (96, 96, 64)             # voxels along R-L, A-P, I-S
     spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)  # mm along R-L, A-P, I-S
     tumour_fraction: float | None = None                   # P(tumour) per organ; None -> task default
+    decoy_fraction: float = 0.0                            # P(tumour-like decoy, labelled kidney) per tumour-free kidney
     noise_hu: float = 12.0                                 # mean noise SD (HU), +-15 % per case
     blur_mm: float = 1.2                                   # partial-volume Gaussian SD (mm)
     anisotropic: bool = False                              # per case: finer in-plane, 1.4-2x thicker slices
@@ -119,6 +125,12 @@ class PhantomConfig:
         if tf is not None and (isinstance(tf, bool) or not isinstance(tf, (int, float)) or not 0 <= tf <= 1):
             raise _bad("tumour_fraction", "must be a number in [0, 1] (or None for the task default)", tf,
                        "Pass e.g. --tumour-fraction 0.5.")
+        df = self.decoy_fraction
+        if isinstance(df, bool) or not isinstance(df, (int, float)) or not 0 <= df <= 1:
+            raise _bad("decoy_fraction", "must be a number in [0, 1]", df, "Pass e.g. --decoy-fraction 0.5, or 0.")
+        if df and self.task != "kidney":
+            raise _bad("decoy_fraction", f"applies only to task='kidney', got task={self.task!r} with", df,
+                       "Use --decoy-fraction 0 (the default) for this task.")
         for name, hi in (("noise_hu", 100.0), ("blur_mm", 10.0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= hi:
@@ -136,6 +148,8 @@ class PhantomConfig:
         """The ``"tdseg_phantom"`` block of dataset.json that identifies this configuration."""
         options = {k: v for k, v in config_to_dict(self).items() if k not in ("task", "seed", "num_cases")}
         options["tumour_fraction"] = self.fraction
+        if not self.decoy_fraction:  # datasets written before decoys existed keep their identity
+            options.pop("decoy_fraction")
         return {"task": self.task, "seed": self.seed, "num_cases": self.num_cases, "options": options,
                 "version": PHANTOM_VERSION}
 
@@ -160,7 +174,7 @@ def generate_case(cfg: PhantomConfig, index: int) -> PhantomCase:
     Returns:
         ``PhantomCase`` with image/label/tissue arrays (I, J, K) in ``cfg.orientation``.
     """
-    from tdseg_lite.phantom.findings import add_tumours, describe, measure_findings
+    from tdseg_lite.phantom.findings import add_decoys, add_tumours, describe, measure_findings
     from tdseg_lite.phantom.organs import build_anatomy
     from tdseg_lite.phantom.scan import (
         affine_for,
@@ -170,10 +184,14 @@ def generate_case(cfg: PhantomConfig, index: int) -> PhantomCase:
         reorient,
     )
 
-    geo, body, lesion, scan = (np.random.default_rng(s) for s in np.random.SeedSequence([cfg.seed, index]).spawn(4))
+    # one stream per stage; the decoy stream is the fifth child, so cases without decoys do not change
+    geo, body, lesion, scan, decoy = (np.random.default_rng(s)
+                                      for s in np.random.SeedSequence([cfg.seed, index]).spawn(5))
     grid = case_grid(cfg.shape, cfg.spacing, cfg.anisotropic, geo)
     anat = build_anatomy(grid, body)
     tumours = add_tumours(anat, lesion, cfg.task, cfg.fraction)
+    if cfg.decoy_fraction:
+        add_decoys(anat, decoy, tumours, cfg.decoy_fraction)
     findings = measure_findings(anat, tumours, cfg.task)
     cv, code = anat.canvas, cfg.orientation
     image = render(cv.tissue, cv.organ, grid, tumours, scan, cfg.noise_hu, cfg.blur_mm)
@@ -313,6 +331,8 @@ def add_cli_arguments(parser: Any) -> None:
         help="label set: KiTS19-like, MSD-pancreas-like or a BTCV subset (default kidney)")
     add("--tumour-fraction", default=None, metavar="F", help="P(tumour) per kidney/pancreas in [0, 1] "
         "(default 0.5; multiorgan 0)")
+    add("--decoy-fraction", default=None, metavar="P", help="kidney task: P(a tumour-free kidney gets a "
+        "tumour-like lesion labelled kidney and left out of the report) in [0, 1] (default 0)")
     add("--anisotropic", action="store_true", help="per case: other in-plane spacing, 1.4-2x thicker slices")
     add("--orientation", default=None, metavar="CODE", help="array axis directions, e.g. RAS (default), LPS, IPL")
     add("--workers", default="2", metavar="W", help="processes (default 2; the files do not depend on it)")
@@ -351,6 +371,8 @@ def cli_main(args: Any) -> int:
         num_cases=_number("--cases", "40" if args.cases is None else args.cases, int, "40"),
         seed=_number("--seed", "0" if args.seed is None else args.seed, int, "0"),
         tumour_fraction=_number("--tumour-fraction", args.tumour_fraction, float, "0.5"),
+        decoy_fraction=_number("--decoy-fraction", "0" if getattr(args, "decoy_fraction", None) is None
+                               else args.decoy_fraction, float, "0.5"),
         anisotropic=bool(args.anisotropic), orientation="RAS" if args.orientation is None else args.orientation,
     )
     out = Path(args.out)

@@ -37,7 +37,7 @@ from tdseg_lite.phantom.anatomy import (
 from tdseg_lite.phantom.organs import Anatomy
 
 __all__ = [
-    "add_tumours", "describe", "equivalent_diameter_cm", "kidney_pole", "kidney_tumour_finding", "measure_findings",
+    "add_decoys", "add_tumours", "describe", "equivalent_diameter_cm", "kidney_pole", "kidney_tumour_finding", "measure_findings",
 ]
 
 KIDNEY_TUMOUR_MM = (10.0, 50.0)    # equivalent diameters drawn uniformly
@@ -48,8 +48,12 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     return frame(rng.standard_normal(3), rng.standard_normal(3))
 
 
-def _kidney_tumour(anat: Anatomy, rng: np.random.Generator, host: str, tid: int) -> None:
-    """Paint one heterogeneous tumour in or on kidney ``host`` (organ id ``tid``)."""
+def _kidney_lesion(anat: Anatomy, rng: np.random.Generator, host: str, tid: int | None) -> None:
+    """Paint one heterogeneous tumour-like lesion in or on kidney ``host``.
+
+    ``tid``: the tumour's organ id (labelled tumour; may grow into the perirenal fat); ``None``: a
+    decoy that keeps the kidney's organ id (labelled kidney) and stays inside the kidney outline.
+    """
     cv, kid = anat.canvas, anat.kidneys[host]
     u = rng.standard_normal(3)
     u[0] = min(u[0], 0.3 * abs(u[0]))  # rarely straight into the hilum (local +x is medial)
@@ -62,11 +66,34 @@ def _kidney_tumour(anat: Anatomy, rng: np.random.Generator, host: str, tid: int)
     if box is None:
         return
     rho = tum.rho(cv, box)
-    near = kid.scaled(1.4).rho(cv, box) < 1  # stays in the perirenal space
-    own = np.isin(cv.organ[box], (0, O[host]))
-    painted = cv.paint(box, (rho < 1) & near & own, T["kidney tumour"], tid, cavity=True)
+    if tid is None:
+        where = cv.organ[box] == O[host]
+    else:
+        near = kid.scaled(1.4).rho(cv, box) < 1  # stays in the perirenal space
+        where = near & np.isin(cv.organ[box], (0, O[host]))
+    painted = cv.paint(box, (rho < 1) & where, T["kidney tumour"], tid, cavity=True)
     if d >= 25 and rng.random() < 0.5:
         cv.paint(box, painted & (rho < rng.uniform(0.4, 0.6)), T["necrosis"], tid)
+
+
+def add_decoys(anat: Anatomy, rng: np.random.Generator, tumours: dict[int, str], fraction: float) -> list[str]:
+    """Give each tumour-free kidney, with probability ``fraction``, a **decoy**: a lesion that looks like
+    a tumour (same tissue, size, shape and necrosis rules) but is labelled kidney and left out of the
+    report.
+
+    The image alone cannot tell a decoy from a tumour; the report (which names the tumour's side,
+    or says the kidneys are normal) can. Decoys change only the tissue map, never the labels.
+
+    Returns:
+        The kidneys that got a decoy, e.g. ``["left kidney"]``.
+    """
+    out = []
+    for host in ("right kidney", "left kidney"):
+        if host in tumours.values() or rng.random() >= fraction:
+            continue
+        _kidney_lesion(anat, rng, host, None)
+        out.append(host)
+    return out
 
 
 def _pancreas_tumour(anat: Anatomy, rng: np.random.Generator, tid: int) -> None:
@@ -104,7 +131,7 @@ def add_tumours(anat: Anatomy, rng: np.random.Generator, task: str, fraction: fl
         if host == "pancreas":
             _pancreas_tumour(anat, rng, tid)
         else:
-            _kidney_tumour(anat, rng, host, tid)
+            _kidney_lesion(anat, rng, host, tid)
         out[tid] = host
     return out
 

@@ -258,12 +258,14 @@ def build_from_labels(src: str | Path, out_dir: str | Path, *, seed: int = 0, ma
 
 def cli_labels(args: Any, number: Any) -> int:
     """``tdseg phantom --labels-from DIR``: options that do not apply are refused; one summary line."""
-    given = {"--cases": args.cases, "--tumour-fraction": args.tumour_fraction, "--orientation": args.orientation}
+    given = {"--cases": args.cases, "--tumour-fraction": args.tumour_fraction, "--orientation": args.orientation,
+             "--decoy-fraction": getattr(args, "decoy_fraction", None)}
     for flag, value in given.items():
         if value is not None:
             why = {"--cases": "use --max-cases N to take the first N label maps",
                    "--tumour-fraction": "the tumours come from the label maps",
-                   "--orientation": "each case keeps its label map's orientation and spacing"}[flag]
+                   "--orientation": "each case keeps its label map's orientation and spacing",
+                   "--decoy-fraction": "decoys are drawn only in the generated phantom's kidneys"}[flag]
             raise UserInputError(f"`{flag}` does not apply with `{_ARG}`, got {value!r}. Leave it out: {why}.")
     if args.anisotropic:
         raise UserInputError(f"`--anisotropic` does not apply with `{_ARG}`, got it. Leave it out: each case keeps "
