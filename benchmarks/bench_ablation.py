@@ -59,6 +59,7 @@ CONFIGURATIONS: dict[str, tuple[str, list[str]]] = {
     "no-aux-condition": ("textdiffseg", ["model.aux_condition=false", "model.aux_residual=false"]),
     "pooled-text": ("textdiffseg", ["fusion.mode=pooled"]),
     "k16": ("textdiffseg", ["label_ae.latent_channels=16"]),
+    "no-image-skip": ("textdiffseg", ["model.decoder_image_skip=false"]),
 }
 DEFAULT_CONFIGS = "full,no-text,no-image-features,no-label-encoder,no-aux-condition"
 #: what changes besides the named switch (equal wall clock also gives every configuration its own
@@ -75,6 +76,8 @@ ALSO_CHANGES: dict[str, str] = {
                         "only through the denoiser's cross-attention and FiLM), no aux head, no skip decoder; its "
                         "denoiser works at full resolution with `model.pixel_channels`, attention only at the "
                         "coarsest level, no multi-scale features",
+    "no-image-skip": "– (the label decoder's output is the AE decoder's alone, for ẑ0 and the aux head: no "
+                     "full-resolution image refinement; a step costs less, so the budget buys more of them)",
     "no-aux-condition": "– (the aux head is still trained with its loss terms; the denoiser's condition has c "
                         "instead of c + k channels and it predicts ẑ0 directly, not ẑ_aux + f_θ)",
     "pooled-text": "– (only the cross-modal attention reads the pooled vector; the denoiser's cross-attention "

@@ -3,7 +3,7 @@
     python benchmarks/bench_step.py                                  # auto device, cpu preset: 4 patches of 64³
     python benchmarks/bench_step.py --preset full --amp bf16         # GPU, the full preset's 96³ patches
     python benchmarks/bench_step.py --models unet,textdiffseg --out /tmp/step.json
-    python benchmarks/bench_step.py --models "unet,textdiffseg,no-seg=textdiffseg@diffusion.dice_weight=0@diffusion.ce_weight=0"
+    python benchmarks/bench_step.py --interleave --models "unet,textdiffseg,no-skip=textdiffseg@model.decoder_image_skip=false"
 
 For each model it times one optimiser step of the real engine (``Trainer.train_step``: loss,
 backward, clipping, AdamW, with AMP as asked; median of ``--steps`` after warm-up), reads the peak
@@ -14,6 +14,10 @@ random BERT (the prompt embedding is cached either way, so it does not enter the
 
 A ``--models`` entry is a model name or a variant ``label=model@part.field=value@...`` (where the
 time of a step goes: switch one part off and compare). Each model is measured in its own process, so that a CPU's peak RSS belongs to that model alone.
+Ratios between models drift by ±15 % from process to process on a shared CPU; ``--interleave``
+builds every variant in one process and times them in turns (A B C A B C …, two steps each,
+``--steps`` rounds), so that they share the machine's state: use it for "× the UNet" (the first
+model is the reference; no peak memory then).
 Writes ``results[/gpu_NAME]/step_PRESET-preset_pPATCH_AMP.{json,md}`` unless ``--out`` names a file.
 """
 
@@ -95,6 +99,45 @@ def time_model(variant: str, args: argparse.Namespace, device: torch.device, cac
             "predict_patch_s": infer, "trainable_params_m": params / 1e6}
 
 
+def time_interleaved(args: argparse.Namespace, device: torch.device, cache: Path) -> list[dict]:
+    """Median step time of every ``--models`` variant, stepped in turns in this one process."""
+    import statistics
+
+    from tdseg_lite.config import parse_set_arguments
+    from tdseg_lite.model import ModelSpec, build_model
+    from tdseg_lite.profiling import synthetic_batch
+    from tdseg_lite.train import Trainer, TrainConfig
+
+    trainers, params = {}, {}
+    batch = None
+    amp = {"none": "off", "bf16": "bf16", "fp16": "fp16"}[args.amp]
+    for label, (name, sets) in parse_models(args.models).items():
+        spec = ModelSpec.build(args.preset, {**parse_set_arguments([f"{k}={v}" for k, v in sets.items()]), "model": name})
+        model = build_model(spec, text_encoder=text_encoder(cache, args.tiny_text) if name != "unet" else None,
+                            patch_size=(args.patch,) * 3).to(device)
+        batch = batch or synthetic_batch(args.batch, args.patch, spec.model.num_classes, device)
+        trainers[label] = Trainer(model, TrainConfig(device=str(device), amp=amp, compile=args.compile))
+        params[label] = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6
+        for _ in range(args.warmup):
+            trainers[label].train_step(iter([batch]))
+    times: dict[str, list[float]] = {label: [] for label in trainers}
+    for _ in range(args.steps):
+        for label, trainer in trainers.items():
+            for _ in range(2):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                t0 = time.perf_counter()
+                trainer.train_step(iter([batch]))
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                times[label].append(time.perf_counter() - t0)
+    ref = statistics.median(next(iter(times.values())))
+    return [{"model": label, "step_s": statistics.median(t), "it_per_s": 1 / statistics.median(t),
+             "patches_per_s": args.batch / statistics.median(t), "peak_memory_gib": None,
+             "step_min_s": min(t), "step_max_s": max(t), "x_first": statistics.median(t) / ref,
+             "trainable_params_m": params[label]} for label, t in times.items()]
+
+
 def default_batch(preset: str) -> int:
     """Patches per optimiser step of ``preset``'s data config (volumes per batch × crops per volume)."""
     from tdseg_lite.config import build_config
@@ -124,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2, help="CPU threads")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    ap.add_argument("--interleave", action="store_true", help="all models in one process, stepped in turns "
+                    "(ratios to the first model; no peak memory)")
     ap.add_argument("--tiny-text", action="store_true", help="use a random tiny BERT even if MiniLM is installed")
     ap.add_argument("--out", type=Path, default=None, help="JSON file (markdown next to it); default in results/")
     ap.add_argument("--row-out", type=Path, default=None, help=argparse.SUPPRESS)  # one model, one process
@@ -145,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--preset", args.preset, "--patch", str(args.patch), "--batch", str(args.batch), "--amp", args.amp,
               "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
               "--device", args.device] + ["--compile"] * args.compile + ["--tiny-text"] * args.tiny_text
+    if args.interleave:
+        seed_everything(0)
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = time_interleaved(args, device, Path(tmp))
+        return write_interleaved(args, device, rows)
     rows = []
     for label, (name, sets) in parse_models(args.models).items():
         rows.append(one_model_in_subprocess(f"{label}={name}" + "".join(f"@{k}={v}" for k, v in sets.items()), common))
@@ -164,6 +214,25 @@ def main(argv: list[str] | None = None) -> int:
               "one sample.")]
     stem = args.out.with_suffix("") if args.out else (
         results_dir(device) / f"step_{args.preset}-preset_p{args.patch}_{args.amp}")
+    write_report(stem, record, lines)
+    return 0
+
+
+def write_interleaved(args: argparse.Namespace, device: torch.device, rows: list[dict]) -> int:
+    """The ``--interleave`` table: median step, its spread, and × the first model."""
+    record = {**stamp(device, args.threads), "args": {k: str(v) for k, v in vars(args).items() if k != "row_out"},
+              "interleaved": True, "rows": rows}
+    first = rows[0]["model"]
+    lines = [title(record, "Training step per model variant, interleaved in one process",
+                   f"{args.preset} preset, {args.batch} × {args.patch}³ patches per step, amp {args.amp}"), "",
+             f"| model | step s (median) | min – max s | × {first} | trainable params M |", "|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['step_s']:.3f} | {r['step_min_s']:.3f} – {r['step_max_s']:.3f} | "
+              f"{r['x_first']:.2f} | {r['trainable_params_m']:.2f} |" for r in rows]
+    lines += ["", (f"One optimiser step of the real engine (`Trainer.train_step`) on one synthetic batch; every "
+                   f"variant built in one process and stepped in turns, two steps each, {args.steps} rounds after "
+                   f"{args.warmup} warm-up steps; median of {2 * args.steps}.")]
+    stem = args.out.with_suffix("") if args.out else (
+        results_dir(device) / f"step_interleaved_{args.preset}-preset_p{args.patch}")
     write_report(stem, record, lines)
     return 0
 

@@ -107,6 +107,18 @@ def test_step_suite_measures_each_model_in_its_own_process(tmp_path: Path) -> No
     assert "| lean |" in out.with_suffix(".md").read_text() and report["commit"] and report["device"].startswith("cpu")
 
 
+def test_step_suite_interleaved_gives_ratios_to_the_first_model(tmp_path: Path) -> None:
+    out = tmp_path / "inter.json"
+    assert main(["bench", "step", "--", "--interleave", "--models", "unet,lean=unet@model.unet_res_units=0",
+                 "--preset", "smoke", "--steps", "1", "--warmup", "1", "--device", "cpu", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    first, lean = report["rows"]
+    assert report["interleaved"] and (first["model"], lean["model"]) == ("unet", "lean")
+    assert first["x_first"] == 1.0 and lean["x_first"] == pytest.approx(lean["step_s"] / first["step_s"])
+    assert first["step_min_s"] <= first["step_s"] <= first["step_max_s"] and lean["trainable_params_m"] < first["trainable_params_m"]
+    assert "| lean |" in out.with_suffix(".md").read_text()
+
+
 STAMP = re.compile(r"^# .+\((?:cpu \(.+\), \d+ threads|cuda \(.+\)), \d{4}-\d\d-\d\dT[\d:]+\+00:00, commit [0-9a-f]{7,}")
 
 
