@@ -40,7 +40,9 @@ from tdseg_lite.utils import pick_device
 
 
 def exponent(sizes: list[int], seconds: list[float]) -> float:
-    """Least-squares slope of log(seconds) against log(voxels = s³)."""
+    """Least-squares slope of log(seconds) against log(voxels = s³); NaN with fewer than two sizes."""
+    if len(set(sizes)) < 2:
+        return math.nan
     xs, ys = [3 * math.log(s) for s in sizes], [math.log(t) for t in seconds]
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)

@@ -44,6 +44,16 @@ def test_scaling_exponent_of_a_power_law() -> None:
     assert exponent(sizes, [2.0 + 0 * s for s in sizes]) == pytest.approx(0.0)
 
 
+def test_scaling_suite_measures_memory_per_model_and_size_in_its_own_process(tmp_path: Path) -> None:
+    out = tmp_path / "scaling"
+    assert main(["bench", "scaling", "--", "--sizes", "32", "--models", "unet", "--preset", "smoke", "--steps", "1",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    (row,) = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert row["model"] == "unet" and row["size"] == 32 and row["memory_kind"] == "process peak RSS"
+    assert 0 < row["memory_before_model_gib"] < row["peak_memory_gib"]
+    assert "32³ step s / predict s / peak GiB" in out.with_suffix(".md").read_text()
+
+
 def _bench_module(name: str):
     sys.path.insert(0, str(BENCH))
     return __import__(name)
