@@ -46,7 +46,7 @@ def test_scaling_exponent_of_a_power_law() -> None:
 
 def test_scaling_suite_measures_memory_per_model_and_size_in_its_own_process(tmp_path: Path) -> None:
     out = tmp_path / "scaling"
-    assert main(["bench", "scaling", "--", "--sizes", "32", "--models", "unet", "--preset", "smoke", "--steps", "1",
+    assert _bench_module("bench_scaling").main(["--sizes", "32", "--models", "unet", "--preset", "smoke", "--steps", "1",
                  "--device", "cpu", "--out", str(out)]) == 0
     (row,) = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert row["model"] == "unet" and row["size"] == 32 and row["memory_kind"] == "process peak RSS"
@@ -119,7 +119,7 @@ def test_step_suite_measures_each_model_in_its_own_process(tmp_path: Path) -> No
 
 def test_step_suite_interleaved_gives_ratios_to_the_first_model(tmp_path: Path) -> None:
     out = tmp_path / "inter.json"
-    assert main(["bench", "step", "--", "--interleave", "--models", "unet,lean=unet@model.unet_res_units=0",
+    assert _bench_module("bench_step").main(["--interleave", "--models", "unet,lean=unet@model.unet_res_units=0",
                  "--preset", "smoke", "--steps", "1", "--warmup", "1", "--device", "cpu", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     first, lean = report["rows"]
