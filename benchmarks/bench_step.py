@@ -13,7 +13,8 @@ the data pipeline. The text encoder is the offline all-MiniLM-L6-v2 when install
 random BERT (the prompt embedding is cached either way, so it does not enter the step cost).
 
 A ``--models`` entry is a model name or a variant ``label=model@part.field=value@...`` (where the
-time of a step goes: switch one part off and compare). Each model is measured in its own process, so that a CPU's peak RSS belongs to that model alone.
+time of a step goes: switch one part off and compare). Each model is measured in its own process,
+so that a CPU's peak RSS belongs to that model alone.
 Ratios between models drift by ±15 % from process to process on a shared CPU; ``--interleave``
 builds every variant in one process and times them in turns (A B C A B C …, two steps each,
 ``--steps`` rounds), so that they share the machine's state: use it for "× the UNet" (the first
@@ -31,12 +32,16 @@ import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import fmt, parse_models, results_dir, stamp, title, write_report
+
+
+AMP = {"none": "off", "bf16": "bf16", "fp16": "fp16"}  # --amp -> TrainConfig.amp
 
 
 def tiny_text_model(folder: Path) -> str:
@@ -68,18 +73,26 @@ def text_encoder(cache: Path, tiny: bool = False):
     return TextEncoder(cfg, cache_dir=cache / "text_cache")
 
 
-def time_model(variant: str, args: argparse.Namespace, device: torch.device, cache: Path) -> dict:
+def build_variant(name: str, sets: dict[str, str], args: argparse.Namespace, device: torch.device,
+                  cache: Path) -> tuple[Any, torch.nn.Module]:
+    """(spec, model on ``device``) of model ``name`` with the ``part.field=value`` overrides ``sets``."""
     from tdseg_lite.config import parse_set_arguments
     from tdseg_lite.model import ModelSpec, build_model
+
+    spec = ModelSpec.build(args.preset, {**parse_set_arguments([f"{k}={v}" for k, v in sets.items()]), "model": name})
+    model = build_model(spec, text_encoder=text_encoder(cache, args.tiny_text) if name != "unet" else None,
+                        patch_size=(args.patch,) * 3).to(device)
+    return spec, model
+
+
+def time_model(variant: str, args: argparse.Namespace, device: torch.device, cache: Path) -> dict:
     from tdseg_lite.profiling import measure_training, synthetic_batch
     from tdseg_lite.train import TrainConfig
 
     label, (name, sets) = next(iter(parse_models(variant).items()))
-    spec = ModelSpec.build(args.preset, {**parse_set_arguments([f"{k}={v}" for k, v in sets.items()]), "model": name})
-    model = build_model(spec, text_encoder=text_encoder(cache, args.tiny_text) if name != "unet" else None,
-                        patch_size=(args.patch,) * 3).to(device)
+    spec, model = build_variant(name, sets, args, device, cache)
     batch = synthetic_batch(args.batch, args.patch, spec.model.num_classes, device)
-    amp = {"none": "off", "bf16": "bf16", "fp16": "fp16"}[args.amp]
+    amp = AMP[args.amp]
     row = measure_training(model, batch, TrainConfig(device=str(device), amp=amp, compile=args.compile),
                            steps=args.steps, warmup=args.warmup)
     model.eval()
@@ -103,18 +116,14 @@ def time_interleaved(args: argparse.Namespace, device: torch.device, cache: Path
     """Median step time of every ``--models`` variant, stepped in turns in this one process."""
     import statistics
 
-    from tdseg_lite.config import parse_set_arguments
-    from tdseg_lite.model import ModelSpec, build_model
     from tdseg_lite.profiling import synthetic_batch
     from tdseg_lite.train import Trainer, TrainConfig
 
     trainers, params = {}, {}
     batch = None
-    amp = {"none": "off", "bf16": "bf16", "fp16": "fp16"}[args.amp]
+    amp = AMP[args.amp]
     for label, (name, sets) in parse_models(args.models).items():
-        spec = ModelSpec.build(args.preset, {**parse_set_arguments([f"{k}={v}" for k, v in sets.items()]), "model": name})
-        model = build_model(spec, text_encoder=text_encoder(cache, args.tiny_text) if name != "unet" else None,
-                            patch_size=(args.patch,) * 3).to(device)
+        spec, model = build_variant(name, sets, args, device, cache)
         batch = batch or synthetic_batch(args.batch, args.patch, spec.model.num_classes, device)
         trainers[label] = Trainer(model, TrainConfig(device=str(device), amp=amp, compile=args.compile))
         params[label] = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6

@@ -129,7 +129,7 @@ class PhantomConfig:
         if isinstance(df, bool) or not isinstance(df, (int, float)) or not 0 <= df <= 1:
             raise _bad("decoy_fraction", "must be a number in [0, 1]", df, "Pass e.g. --decoy-fraction 0.5, or 0.")
         if df and self.task != "kidney":
-            raise _bad("decoy_fraction", f"applies only to task='kidney', got task={self.task!r} with", df,
+            raise _bad("decoy_fraction", f"applies only to task='kidney' (this is task={self.task!r})", df,
                        "Use --decoy-fraction 0 (the default) for this task.")
         for name, hi in (("noise_hu", 100.0), ("blur_mm", 10.0)):
             v = getattr(self, name)
