@@ -50,7 +50,7 @@ def test_scaling_suite_measures_memory_per_model_and_size_in_its_own_process(tmp
                  "--device", "cpu", "--out", str(out)]) == 0
     (row,) = json.loads(out.with_suffix(".json").read_text())["rows"]
     assert row["model"] == "unet" and row["size"] == 32 and row["memory_kind"] == "process peak RSS"
-    assert 0 < row["memory_before_model_gib"] < row["peak_memory_gib"]
+    assert 0 < row["memory_before_model_gib"] <= row["peak_memory_gib"]  # a tiny model may not raise the peak
     assert "32³ step s / predict s / peak GiB" in out.with_suffix(".md").read_text()
 
 
