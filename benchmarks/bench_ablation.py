@@ -4,6 +4,10 @@
     .venv/bin/python benchmarks/bench_ablation.py --minutes 10 --configs full,no-text --seeds 0,1,2
     .venv/bin/python benchmarks/bench_ablation.py --preset smoke --steps 3 --configs full,no-text --seeds 0,1 \
         --val-cases 1 --results-dir /tmp/abl --work /tmp/abl_work    # the plumbing, about a minute
+    .venv/bin/python benchmarks/bench_ablation.py --configs unet,full,ae-in-budget --seeds 0,1,2 --minutes 10 \
+        --reference unet --also aux-head,no-report --jobs 2 --threads 1 --name equal_budget_phantom_10min
+        # TextDiffSeg vs the MONAI UNet at equal budget (label AE reused and trained inside the budget),
+        # what the diffusion adds over the aux head, what the report adds; two runs side by side
 
 For every seed the label autoencoder of that seed is built first, **outside** the budgets
 (``label_cache.cached_label_autoencoder``, the entry ``tdseg train`` reuses), so each TextDiffSeg
@@ -22,7 +26,14 @@ the noise floor 2·σ·sqrt(2/n) (σ = the pooled seed-to-seed sd of that Dice, 
 lists what differs besides the switch (``ALSO_CHANGES``). Notebook 06 reads the JSON (papermill
 parameter ``results_json``) and explains every column.
 
-Writes ``results[/gpu_NAME]/ablation.{json,md}`` (stamped: device, threads, date, commit). Runs go
+``--also`` scores every TextDiffSeg run a second (third) way on the same cases: ``aux-head`` = its
+aux head alone (``tdseg evaluate --head aux``, no denoiser call), ``no-report`` = with the label
+names as the only prompt (``--reports none``). The tables then give each of them with the
+difference default − it and its paired interval: what the sampling and what the report add.
+``--jobs N`` trains N runs at a time (in waves, so that the runs of a wave share the machine for
+the same minutes; give each ``--threads`` so that N × threads fits the cores).
+
+Writes ``results[/gpu_NAME]/NAME.{json,md}`` (``--name``, default ``ablation``; stamped: device, threads, date, commit). Runs go
 to ``--work`` (default ``/tmp/tdseg_bench_ablation``) and are reused when their ``ablation_run.json``
 exists with the same budget and sampler (``--fresh`` retrains).
 """
@@ -60,7 +71,11 @@ CONFIGURATIONS: dict[str, tuple[str, list[str]]] = {
     "pooled-text": ("textdiffseg", ["fusion.mode=pooled"]),
     "k16": ("textdiffseg", ["label_ae.latent_channels=16"]),
     "no-image-skip": ("textdiffseg", ["model.decoder_image_skip=false"]),
+    "unet": ("unet", []),
+    "ae-in-budget": ("textdiffseg", ["label_ae.reuse=false"]),
 }
+#: ``--also``: other ways of scoring a TextDiffSeg run -> the extra ``tdseg evaluate`` flags
+ALSO_SCORES: dict[str, list[str]] = {"aux-head": ["--head", "aux"], "no-report": ["--reports", "none"]}
 DEFAULT_CONFIGS = "full,no-text,no-image-features,no-label-encoder,no-aux-condition"
 #: what changes besides the named switch (equal wall clock also gives every configuration its own
 #: number of steps, shown in the table). "–": only the switch.
@@ -84,6 +99,10 @@ ALSO_CHANGES: dict[str, str] = {
                    "still reads the tokens and FiLM the pooled vector, as in full)",
     "k16": "its own label autoencoder (trained for k = 16: another reconstruction ceiling); the denoiser's and "
            "the aux head's latent width follow k",
+    "unet": "a different model (`--model unet`): the text-free MONAI UNet baseline, trained on the same patches "
+            "with Dice + CE; no label autoencoder, no diffusion, no report",
+    "ae-in-budget": "– (the label autoencoder is trained inside this run's budget instead of loaded from the cache, "
+                    "as on a dataset seen for the first time: fewer joint steps)",
 }
 
 
@@ -93,6 +112,8 @@ def prewarm_label_ae(args: argparse.Namespace, config: str, seed: int) -> dict[s
     if model != "textdiffseg":
         return None
     from tdseg_lite.config import parse_set_arguments
+    if parse_set_arguments(sets + args.set).get("label_ae.reuse") is False:
+        return None  # it trains its own inside the budget
     from tdseg_lite.data import default_dataset, load_labels
     from tdseg_lite.label_cache import cached_label_autoencoder
     from tdseg_lite.runs import RunPlan
@@ -112,44 +133,80 @@ def steps_trained(folder: Path) -> int:
     return steps[-1] if steps else 0
 
 
-def run_one(args: argparse.Namespace, config: str, seed: int, runner: Callable[..., float] = tdseg) -> dict[str, Any]:
+def run_one(args: argparse.Namespace, config: str, seed: int, runner: Callable[..., float] = tdseg,
+            also: tuple[str, ...] = ()) -> dict[str, Any]:
     """Train and evaluate one (configuration, seed); reuses a finished run unless ``--fresh``.
 
     ``runner(*cli_args)`` runs one ``tdseg`` command and returns its wall seconds (default: a fresh
-    process; notebook 06 passes one that calls ``tdseg_lite.cli.main`` in its own kernel).
+    process; notebook 06 passes one that calls ``tdseg_lite.cli.main`` in its own kernel). ``also``
+    (names in ``ALSO_SCORES``) scores a TextDiffSeg run those other ways too, into ``record["also"]``;
+    a reused run is scored only the ways it has not been yet.
     """
     folder = Path(args.work) / f"{config}_seed{seed}"
     record = folder / "ablation_run.json"
     budget = {"preset": args.preset, "minutes": args.minutes, "steps": args.steps, "set": args.set,
               "eval_steps": args.eval_steps, "eval_samples": args.eval_samples, "val_cases": args.val_cases}
-    if record.is_file() and not args.fresh:
-        old = json.loads(record.read_text())
-        if old.get("budget") == budget:
-            return old
     model, sets = CONFIGURATIONS[config]
-    train = ["train", "--out", str(folder), "--preset", args.preset, "--model", model, "--quiet",
-             "--device", args.device, "--set", f"train.seed={seed}", "--set", "train.val_every=0",
-             "--set", "train.val_max_cases=1", "--set", "train.val_steps=1"]  # the end-of-run check: cheap
-    train += ["--data", args.data] if args.data else []
-    train += [x for item in sets + args.set for x in ("--set", item)]
-    train += ["--set", f"train.max_steps={args.steps}"] if args.steps else ["--max-minutes", str(args.minutes)]
-    if folder.exists():
-        shutil.rmtree(folder)
-    wall = runner(*train)
-    metrics = folder / "metrics.json"
-    runner("evaluate", "--run", str(folder), "--out", str(metrics), "--which", "last", "--space", "model", "--quiet",
-          "--steps", str(args.eval_steps), "--samples", str(args.eval_samples), "--device", args.device,
-          *(["--max-cases", str(args.val_cases)] if args.val_cases else []),
-          *(["--data", args.data] if args.data else []))
-    m = json.loads(metrics.read_text())
-    config_json = json.loads((folder / "config.json").read_text())
-    out = {"config": config, "seed": seed, "model": model, "set": sets, "budget": budget, "train_wall_s": round(wall, 1),
-           "steps_trained": steps_trained(folder), "label_ae": config_json.get("label_ae"),
-           "seconds_per_case": m["seconds_per_case"], "classes": m["classes"],
-           "cases": [{"case_id": c["case_id"], "dice": c["dice"]} for c in m["cases"]]}
-    out["mean_dice"] = class_means(out)
+    old = json.loads(record.read_text()) if record.is_file() and not args.fresh else {}
+    if old.get("budget") == budget:
+        out = old
+    else:
+        train = ["train", "--out", str(folder), "--preset", args.preset, "--model", model, "--quiet",
+                 "--device", args.device, "--set", f"train.seed={seed}", "--set", "train.val_every=0",
+                 "--set", "train.val_max_cases=1", "--set", "train.val_steps=1"]  # the end-of-run check: cheap
+        train += ["--data", args.data] if args.data else []
+        train += [x for item in sets + args.set for x in ("--set", item)]
+        train += ["--set", f"train.max_steps={args.steps}"] if args.steps else ["--max-minutes", str(args.minutes)]
+        if folder.exists():
+            shutil.rmtree(folder)
+        wall = runner(*train)
+        m = score(args, folder, runner, "metrics.json", [])
+        config_json = json.loads((folder / "config.json").read_text())
+        out = {"config": config, "seed": seed, "model": model, "set": sets, "budget": budget,
+               "train_wall_s": round(wall, 1), "steps_trained": steps_trained(folder),
+               "label_ae": config_json.get("label_ae"), "seconds_per_case": m["seconds_per_case"],
+               "classes": m["classes"], "cases": m["cases"]}
+        out["mean_dice"] = class_means(out)
+    if model == "textdiffseg":
+        for name in also:
+            if name not in out.get("also", {}):
+                m = score(args, folder, runner, f"metrics_{name}.json", ALSO_SCORES[name])
+                entry = {"seconds_per_case": m["seconds_per_case"], "classes": m["classes"], "cases": m["cases"]}
+                out.setdefault("also", {})[name] = {**entry, "mean_dice": class_means(entry)}
     record.write_text(json.dumps(out, indent=2) + "\n")
     return out
+
+
+def score(args: argparse.Namespace, folder: Path, runner: Callable[..., float], name: str,
+          extra: list[str]) -> dict[str, Any]:
+    """``tdseg evaluate`` of a finished run (last checkpoint, model grid, the benchmark's sampler) with
+    ``extra`` flags; returns ``{"seconds_per_case", "classes", "cases": [{"case_id", "dice"}]}``."""
+    metrics = folder / name
+    sampler = [] if "--head" in extra else ["--steps", str(args.eval_steps), "--samples", str(args.eval_samples)]
+    runner("evaluate", "--run", str(folder), "--out", str(metrics), "--which", "last", "--space", "model", "--quiet",
+           *sampler, "--device", args.device, *extra,
+           *(["--max-cases", str(args.val_cases)] if args.val_cases else []),
+           *(["--data", args.data] if args.data else []))
+    m = json.loads(metrics.read_text())
+    return {"seconds_per_case": m["seconds_per_case"], "classes": m["classes"],
+            "cases": [{"case_id": c["case_id"], "dice": c["dice"]} for c in m["cases"]]}
+
+
+def run_all(args: argparse.Namespace, configs: list[str], seeds: list[int], jobs: int = 1,
+            also: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Every (configuration, seed), seed-major; ``jobs`` > 1 runs them in waves of ``jobs`` side by side
+    (each a ``tdseg`` process: the runs of a wave share the machine for the same minutes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = [(c, s) for s in seeds for c in configs]
+    if jobs <= 1:
+        return [run_one(args, c, s, also=also) for c, s in todo]
+    runs: list[dict[str, Any]] = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for i in range(0, len(todo), jobs):
+            wave = [pool.submit(run_one, args, c, s, tdseg, also) for c, s in todo[i: i + jobs]]
+            runs += [f.result() for f in wave]
+    return runs
 
 
 def _finite(values: Any) -> list[float]:
@@ -221,52 +278,72 @@ def verdict_text(delta: dict[str, Any]) -> str:
     return "no interval" if math.isnan(delta["ci_low"]) else "within noise"
 
 
+def seed_summary(records: list[dict[str, Any]], keys: list[str]) -> dict[str, Any]:
+    """Mean ± sd over seeds of each Dice key, and per case that Dice averaged over seeds.
+
+    ``records``: one per seed, each with ``"mean_dice"`` and ``"cases"`` (every seed scores the same
+    cases). Returns ``{KEY: {"mean", "sd"}, "per_case": {KEY: {case_id: Dice}}}``.
+    """
+    out: dict[str, Any] = {}
+    for key in keys:
+        values = _finite(r["mean_dice"][key] for r in records)
+        out[key] = {"mean": statistics.mean(values) if values else math.nan,
+                    "sd": statistics.stdev(values) if len(values) > 1 else math.nan}
+    ids = [c["case_id"] for c in records[0]["cases"]]
+    out["per_case"] = {}
+    for key in keys:
+        per = {}
+        for cid in ids:
+            vals = _finite(case_score(c, key) for r in records for c in r["cases"] if c["case_id"] == cid)
+            per[cid] = sum(vals) / len(vals) if vals else math.nan
+        out["per_case"][key] = per
+    return out
+
+
+def paired_delta(a: dict[str, Any], b: dict[str, Any], keys: list[str], noise: dict[str, Any]) -> dict[str, Any]:
+    """Per key: mean over shared cases of a − b (``seed_summary`` per-case Dice), its paired bootstrap
+    interval and whether it is real against ``noise[key]["floor"]``."""
+    out = {}
+    for key in keys:
+        ids = [cid for cid in b["per_case"][key] if cid in a["per_case"][key]]
+        delta, lo, hi = paired_bootstrap([a["per_case"][key][i] for i in ids], [b["per_case"][key][i] for i in ids])
+        out[key] = {"delta": delta, "ci_low": lo, "ci_high": hi, "real": verdict(delta, lo, hi, noise[key]["floor"])}
+    return out
+
+
 def aggregate(runs: list[dict[str, Any]], reference: str = "full") -> dict[str, Any]:
     """Per configuration: mean ± sd over seeds; per Dice key the noise floor; Δ vs ``reference`` with a paired CI.
 
     Returns ``{"configs": {cfg: {"seeds", "steps", "seconds_per_case", KEY: {"mean", "sd"}, "per_case":
-    {KEY: {case_id: Dice averaged over seeds}}, "delta": {KEY: {"delta", "ci_low", "ci_high", "real"}}}},
-    "noise": {KEY: {"sd", "floor"}}, "seeds_per_config", "reference", "keys"}`` with KEY = each class and "mean".
+    {KEY: {case_id: Dice averaged over seeds}}, "delta": {KEY: {"delta", "ci_low", "ci_high", "real"}},
+    "also": {NAME: {"seconds_per_case", KEY: {"mean", "sd"}, "per_case", "delta"}}}}, "noise": {KEY: {"sd",
+    "floor"}}, "seeds_per_config", "reference", "keys"}`` with KEY = each class and "mean". ``also`` (runs
+    scored other ways, ``ALSO_SCORES``): its ``delta`` is the default scoring − that one, same cases.
     """
     configs = list(dict.fromkeys(r["config"] for r in runs))
     keys = [*runs[0]["classes"], "mean"]
     table: dict[str, Any] = {}
     for cfg in configs:
         mine = [r for r in runs if r["config"] == cfg]
-        entry: dict[str, Any] = {"seeds": [r["seed"] for r in mine],
-                                 "steps": statistics.mean(r["steps_trained"] for r in mine),
-                                 "seconds_per_case": statistics.mean(r["seconds_per_case"] for r in mine)}
-        for key in keys:
-            values = _finite(r["mean_dice"][key] for r in mine)
-            entry[key] = {"mean": statistics.mean(values) if values else math.nan,
-                          "sd": statistics.stdev(values) if len(values) > 1 else math.nan}
-        # per case, the Dice averaged over seeds (every run scores the same validation split)
-        ids = [c["case_id"] for c in mine[0]["cases"]]
-        entry["per_case"] = {}
-        for key in keys:
-            per = {}
-            for cid in ids:
-                vals = _finite(case_score(c, key) for r in mine for c in r["cases"] if c["case_id"] == cid)
-                per[cid] = sum(vals) / len(vals) if vals else math.nan
-            entry["per_case"][key] = per
-        table[cfg] = entry
+        table[cfg] = {"seeds": [r["seed"] for r in mine],
+                      "steps": statistics.mean(r["steps_trained"] for r in mine),
+                      "seconds_per_case": statistics.mean(r["seconds_per_case"] for r in mine),
+                      **seed_summary(mine, keys)}
     n = min(len(e["seeds"]) for e in table.values())
     noise = {}
     for key in keys:
         sigma, floor = noise_floor([e[key]["sd"] for e in table.values()], n)
         noise[key] = {"sd": sigma, "floor": floor}
-    if reference in table:
-        ref = table[reference]
-        for cfg, e in table.items():
-            if cfg == reference:
-                continue
-            e["delta"] = {}
-            for key in keys:
-                ids = [cid for cid in ref["per_case"][key] if cid in e["per_case"][key]]
-                delta, lo, hi = paired_bootstrap([e["per_case"][key][i] for i in ids],
-                                                 [ref["per_case"][key][i] for i in ids])
-                e["delta"][key] = {"delta": delta, "ci_low": lo, "ci_high": hi,
-                                   "real": verdict(delta, lo, hi, noise[key]["floor"])}
+    for cfg, e in table.items():
+        mine = [r for r in runs if r["config"] == cfg]
+        names = [a for a in ALSO_SCORES if all(a in r.get("also", {}) for r in mine)]
+        for name in names:
+            other = seed_summary([r["also"][name] for r in mine], keys)
+            other["seconds_per_case"] = statistics.mean(r["also"][name]["seconds_per_case"] for r in mine)
+            other["delta"] = paired_delta(e, other, keys, noise)
+            e.setdefault("also", {})[name] = other
+        if cfg != reference and reference in table:
+            e["delta"] = paired_delta(e, table[reference], keys, noise)
     return {"configs": table, "noise": noise, "seeds_per_config": n, "reference": reference, "keys": keys}
 
 
@@ -281,8 +358,10 @@ def markdown(report: dict[str, Any]) -> list[str]:
     agg, keys = report["aggregate"], report["aggregate"]["keys"]
     budget = f"{report['steps']} steps" if report["steps"] else f"{report['minutes']:g} min"
     names = {k: ("mean Dice" if k == "mean" else f"Dice {k}") for k in keys}
-    lines = [title(report, "Ablations at equal budget", f"{budget} per run, {report['preset']} preset, seeds "
-                   + ",".join(map(str, report["seeds"])) + f", {report['cases']} validation cases, model grid"), "",
+    lines = [title(report, report.get("title", "Ablations at equal budget"), f"{budget} per run, {report['preset']} preset, seeds "
+                   + ",".join(map(str, report["seeds"])) + f", {report['cases']} validation cases, model grid"
+                   + (f", data {Path(report['data']).name}" if report.get("data") else "")
+                   + (f", {report['jobs']} runs side by side" if report.get("jobs", 1) > 1 else "")), "",
              "| configuration | switch | steps in budget | " + " | ".join(f"{names[k]} (mean ± sd)" for k in keys) + " |",
              "|---|---|---|" + "---|" * len(keys)]
     for cfg, e in agg["configs"].items():
@@ -308,12 +387,38 @@ def markdown(report: dict[str, Any]) -> list[str]:
                    "bootstrap interval over the validation cases (per-case Dice averaged over seeds) excludes 0 and "
                    "it exceeds the floor."),
               "", "Verdict: " + (("real differences: " + "; ".join(real) + ".") if real else
-                                 "no difference to the full model is larger than the noise."),
+                                 f"no difference to {ref} is larger than the noise."), *also_lines(agg, names),
               "", "| configuration | what differs besides the switch |", "|---|---|"]
     lines += [f"| {cfg} | {ALSO_CHANGES[cfg]} |" for cfg in agg["configs"]]
+    in_budget = [c for c in agg["configs"] if "label_ae.reuse=false" in CONFIGURATIONS[c][1] + report.get("set", [])]
+    ae = ("the label autoencoder of each seed was built before the timed runs (only its load counts)"
+          + (f", except for {', '.join(in_budget)}, which trains its own inside the budget" if in_budget else ""))
     lines += ["", (f"Equal wall clock: a cheaper configuration gets more steps (column 3). Every diffusion model "
-                   f"sampled with DDIM {report['eval_steps']} × {report['eval_samples']}; the label autoencoder of "
-                   "each seed was built before the timed runs (only its load counts).")]
+                   f"sampled with DDIM {report['eval_steps']} × {report['eval_samples']}; {ae}.")]
+    return lines
+
+
+#: how the ``--also`` scorings are named in the tables
+ALSO_TITLES = {"aux-head": ("aux head alone (no denoiser call)", "sampled − aux head: what the diffusion adds"),
+               "no-report": ("label names only (no report)", "report − label names: what the report adds")}
+
+
+def also_lines(agg: dict[str, Any], names: dict[str, str]) -> list[str]:
+    """One table per ``--also`` scoring: its Dice (mean ± sd over seeds) and default − it with the paired interval."""
+    keys, lines = agg["keys"], []
+    for also, (what, diff) in ALSO_TITLES.items():
+        rows = [(cfg, e["also"][also]) for cfg, e in agg["configs"].items() if also in e.get("also", {})]
+        if not rows:
+            continue
+        lines += ["", f"| {what} | s / case | " + " | ".join(f"{names[k]} (mean ± sd)" for k in keys) + " | "
+                  + " | ".join(f"{diff.split(':')[0]}, {names[k]} [95 % CI]" for k in keys) + " |",
+                  "|---|---|" + "---|" * (2 * len(keys))]
+        for cfg, o in rows:
+            cells = [f"{fmt(o[k]['mean'])} ± {fmt(o[k]['sd'])}" for k in keys]
+            cells += [f"{fmt(o['delta'][k]['delta'])} [{fmt(o['delta'][k]['ci_low'])}, {fmt(o['delta'][k]['ci_high'])}] "
+                      f"{verdict_text(o['delta'][k])}" for k in keys]
+            lines.append(f"| {cfg} | {o['seconds_per_case']:.2f} | " + " | ".join(cells) + " |")
+        lines += ["", f"({diff}; the same runs and cases scored twice, the floor as above.)"]
     return lines
 
 
@@ -334,12 +439,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--results-dir", default=None, help="where the tables go (default results[/gpu_NAME]/)")
+    ap.add_argument("--reference", default="full", help="the configuration every other is compared with")
+    ap.add_argument("--also", default="", help=f"also score TextDiffSeg runs: comma-separated, from {', '.join(ALSO_SCORES)}")
+    ap.add_argument("--jobs", type=int, default=1, help="runs side by side (each with --threads threads)")
+    ap.add_argument("--name", default="ablation", help="report file stem (NAME.json, NAME.md)")
+    ap.add_argument("--title", default="Ablations at equal budget", help="the report's heading")
     args = ap.parse_args(argv)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     unknown = [c for c in configs if c not in CONFIGURATIONS]
     if unknown:
         ap.error(f"--configs: unknown {unknown}; choose from {', '.join(CONFIGURATIONS)}")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    also = tuple(a.strip() for a in args.also.split(",") if a.strip())
+    if any(a not in ALSO_SCORES for a in also):
+        ap.error(f"--also: unknown {[a for a in also if a not in ALSO_SCORES]}; choose from {', '.join(ALSO_SCORES)}")
+    if args.reference not in configs:
+        ap.error(f"--reference: {args.reference!r} is not in --configs {configs}; add it or pick one of them")
+    if args.jobs < 1:
+        ap.error(f"--jobs: must be >= 1, got {args.jobs}; use 1 (one run at a time) or the cores / --threads")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -347,15 +464,16 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.work).mkdir(parents=True, exist_ok=True)
     os.environ["TDSEG_ARTIFACTS"] = str(Path(args.work).resolve())  # the phantom of every run and of the prewarm
     prewarm = {f"{c}_seed{s}": prewarm_label_ae(args, c, s) for s in seeds for c in configs}
-    runs = [run_one(args, c, s) for s in seeds for c in configs]
-    report = {**stamp(device, args.threads), "preset": args.preset, "minutes": args.minutes, "steps": args.steps,
+    runs = run_all(args, configs, seeds, jobs=args.jobs, also=also)
+    report = {**stamp(device, args.threads), "title": args.title, "jobs": args.jobs, "set": args.set,
+              "reference": args.reference, "also": list(also), "data": args.data, "preset": args.preset, "minutes": args.minutes, "steps": args.steps,
               "seeds": seeds, "configs": configs, "eval_steps": args.eval_steps, "eval_samples": args.eval_samples,
               "cases": len(runs[0]["cases"]), "classes": runs[0]["classes"], "work": args.work,
               "label_ae_prewarm": prewarm, "also_changes": {c: ALSO_CHANGES[c] for c in configs},
               "switches": {c: switch_text(c) for c in configs}, "runs": runs}
-    report["aggregate"] = aggregate(runs)
+    report["aggregate"] = aggregate(runs, reference=args.reference)
     results = Path(args.results_dir) if args.results_dir else results_dir(device)
-    write_report(results / "ablation", report, markdown(report))
+    write_report(results / args.name, report, markdown(report))
     return 0
 
 

@@ -16,10 +16,11 @@ reliability bins, ECE), on at most ``max_voxels`` random voxels per case.
 ``metrics.json`` (NaN is written as ``null``; ``CLASS`` = every foreground class name)::
 
     {
-      "schema_version": 3,
+      "schema_version": 4,
       "run": str, "checkpoint": {"which": "best"|"last", "step": int}, "model": str,
       "data": str, "split": "val"|"all", "space": "original"|"model",
       "reports": "own"|"none",                       # the prompts: each case's description, or the label names only
+      "head": "sampler"|"aux",                       # the model's prediction, or TextDiffSeg's aux head alone
       "steps": int|null, "samples": int|null,        # DDIM steps / ensemble size; null: not a diffusion model
       "start": "noise"|"aux"|null, "start_timestep": int|null,  # where sampling starts (aux: SDEdit from the aux head)
       "seed": int, "tolerance_mm": float, "classes": [CLASS, ...], "num_cases": int,
@@ -42,6 +43,10 @@ reliability bins, ECE), on at most ``max_voxels`` random voxels per case.
 ``--reports none`` scores the same cases with the label names as the only prompt. On real data the
 descriptions that ``tdseg prepare`` and ``tdseg phantom --labels-from`` write are oracle reports
 (measured on the reference masks), so a real-data number is reported with both.
+
+``--head aux`` scores TextDiffSeg's aux head alone (``model.AuxHeadView``: softmax(D(ẑ_aux)), no
+denoiser call; ``steps``, ``samples`` and ``start`` are then null): what the diffusion adds is the
+difference to the default ``--head sampler`` on the same cases.
 
 ``metrics.csv`` next to it has one row per case and class: ``case_id,class,dice,hd95_mm,surface_dice,seconds``
 (empty cells for NaN).
@@ -71,10 +76,10 @@ from tdseg_lite.errors import UserInputError, require
 if TYPE_CHECKING:
     from tdseg_lite.data import DataConfig
 
-__all__ = ["METRICS", "REPORTS", "SCHEMA_VERSION", "add_cli_arguments", "cli_main", "select_cases", "with_reports",
+__all__ = ["HEADS", "METRICS", "REPORTS", "SCHEMA_VERSION", "add_cli_arguments", "cli_main", "pick_head", "select_cases", "with_reports",
            "write_metrics"]
 
-SCHEMA_VERSION = 3  # 2: + start, start_timestep; 3: + reports
+SCHEMA_VERSION = 4  # 2: + start, start_timestep; 3: + reports; 4: + head
 #: per-class metrics of every case, in ``metrics.json`` and the CSV (= ``inference.METRICS``)
 METRICS = ("dice", "hd95_mm", "surface_dice")
 
@@ -98,6 +103,35 @@ def with_reports(items: list[dict[str, Any]], reports: str) -> list[dict[str, An
     require(reports in REPORTS, "--reports", f"must be one of {', '.join(REPORTS)}", reports,
             "Pass --reports own or --reports none.", UserInputError)
     return items if reports == "own" else [{k: v for k, v in e.items() if k != "description"} for e in items]
+
+
+HEADS = ("sampler", "aux")
+
+
+def check_head_flags(head: str, flags: Mapping[str, Any]) -> None:
+    """``--head aux`` calls no denoiser: a sampler flag given with it is a one-line error (before torch loads)."""
+    require(head in HEADS, "--head", f"must be one of {', '.join(HEADS)}", head, "Pass --head sampler or --head aux.",
+            UserInputError)
+    if head == "aux":
+        for flag, value in flags.items():
+            require(value is None, flag, "has no effect with --head aux (the aux head calls no denoiser)", value,
+                    f"Leave {flag} out, or pass --head sampler.", UserInputError)
+
+
+def pick_head(model: Any, head: str) -> Any:
+    """The ``Segmenter`` to score: ``model`` itself (``"sampler"``) or TextDiffSeg's aux head alone (``"aux"``)."""
+    check_head_flags(head, {})
+    if head == "sampler":
+        return model
+    from tdseg_lite.model import AuxHeadView, TextDiffSeg
+
+    has_aux = (isinstance(model, TextDiffSeg) and model.image_encoder is not None
+               and model.image_encoder.cfg.aux_latent_channels > 0)
+    if not has_aux:
+        kind = type(model).__name__ + (" without an aux head" if isinstance(model, TextDiffSeg) else "")
+        raise UserInputError(f"`--head aux` needs a TextDiffSeg run with an aux head, got a {kind} run. "
+                             "Leave --head out for this run.")
+    return AuxHeadView(model)
 
 
 def select_cases(run: str | Path, checkpoint: Mapping[str, Any], data_cfg: DataConfig, data: str | None,
@@ -170,6 +204,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reports", default="own", choices=REPORTS,
                         help="own: each case's description from dataset.json (on real data an oracle report made "
                              "from the masks); none: the label names only")
+    parser.add_argument("--head", default="sampler", choices=HEADS,
+                        help="sampler: the model's prediction (diffusion: DDIM); aux: TextDiffSeg's aux head alone "
+                             "(no denoiser call)")
     parser.add_argument("--which", default="best", choices=("best", "last"), help="checkpoint to load")
     parser.add_argument("--space", default="original", choices=("original", "model"),
                         help="score in the label files' own grid or on the model grid")
@@ -184,6 +221,8 @@ def cli_main(args: argparse.Namespace) -> int:
     """Run ``tdseg evaluate``; returns 0 (arguments are checked before torch and MONAI load)."""
     for flag in ("steps", "samples", "max_cases"):
         check_positive(getattr(args, flag), "--" + flag.replace("_", "-"))
+    check_head_flags(args.head, {"--steps": args.steps, "--samples": args.samples, "--start": args.start,
+                                 "--start-timestep": args.start_timestep})
     require(args.tolerance_mm > 0 and math.isfinite(args.tolerance_mm), "--tolerance-mm", "must be a positive number",
             args.tolerance_mm, "Use e.g. 2.", UserInputError)
     check_device(args.device)
@@ -207,6 +246,7 @@ def cli_main(args: argparse.Namespace) -> int:
 
     model, plan, ckpt = load_trained(args.run, args.which, device)
     apply_sampling_start(model, args.start, args.start_timestep)
+    model = pick_head(model, args.head)
     root, items = select_cases(args.run, ckpt, plan.data, args.data, args.split)
     items = with_reports(items, args.reports)
     labels = {int(k): v for k, v in ckpt["config"]["labels"].items()}
@@ -218,7 +258,8 @@ def cli_main(args: argparse.Namespace) -> int:
     which = args.which if (run / "checkpoints" / f"{args.which}.pt").is_file() else "last"  # load_trained's fallback
     payload = {"schema_version": SCHEMA_VERSION, "run": str(run),
                "checkpoint": {"which": which, "step": int(ckpt["step"])},
-               "model": plan.spec.model.model, "data": str(root), "split": args.split, "reports": args.reports, **res,
+               "model": plan.spec.model.model, "data": str(root), "split": args.split, "reports": args.reports,
+               "head": args.head, **res,
                "versions": versions()}
     json_path, csv_path = write_metrics(payload, out)
     print(f"tdseg evaluate: {res['num_cases']} case(s), mean Dice {res['mean_dice']:.3f}, mean HD95 "

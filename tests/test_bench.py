@@ -219,6 +219,69 @@ def test_ablation_markdown_states_verdicts_and_what_else_differs() -> None:
     assert ab.ALSO_CHANGES["no-label-encoder"] in text and set(ab.ALSO_CHANGES) == set(ab.CONFIGURATIONS)
 
 
+def test_ablation_also_scores_give_default_minus_other_on_the_same_cases() -> None:
+    ab = _bench_module("bench_ablation")
+    kidney = [0.90, 0.85, 0.80, 0.88, 0.92, 0.86, 0.83, 0.89]
+    tumor = [0.6, None, 0.5, 0.7, None, 0.55, 0.65, 0.6]
+    runs = []
+    for s in (0, 1, 2):
+        unet = _ablation_run("unet", s, [k + 0.004 * s for k in kidney], tumor)
+        full = _ablation_run("full", s, [k - 0.02 + 0.004 * s for k in kidney], tumor)
+        aux = _ablation_run("full", s, [k - 0.02 + 0.004 * s - 0.03 - 0.005 * (i % 2) for i, k in enumerate(kidney)],
+                            tumor)  # the aux head alone: 0.03 below the sampled prediction on every case
+        full["also"] = {"aux-head": {k: aux[k] for k in ("seconds_per_case", "classes", "cases", "mean_dice")}}
+        runs += [unet, full]
+    agg = ab.aggregate(runs, reference="unet")
+    full = agg["configs"]["full"]
+    assert "delta" not in agg["configs"]["unet"] and "also" not in agg["configs"]["unet"]
+    assert full["delta"]["kidney"]["delta"] == pytest.approx(-0.02) and "no-report" not in full["also"]
+    d = full["also"]["aux-head"]["delta"]["kidney"]
+    assert d["delta"] == pytest.approx(0.0325) and d["ci_low"] > 0 and d["real"]  # sampled − aux head
+    assert full["also"]["aux-head"]["kidney"]["mean"] == pytest.approx(full["kidney"]["mean"] - 0.0325)
+    report = {"device": "cpu (x86_64), 1 threads", "date": "2026-01-01T00:00:00+00:00", "commit": "abcdef0",
+              "preset": "cpu", "steps": 0, "minutes": 10.0, "seeds": [0, 1, 2], "cases": 8, "eval_steps": 2,
+              "eval_samples": 1, "title": "Equal budget", "data": "/data/kits_x", "jobs": 2, "aggregate": agg,
+              "set": []}
+    text = "\n".join(ab.markdown(report))
+    assert text.startswith("# Equal budget (") and ", data kits_x, 2 runs side by side)" in text.splitlines()[0]
+    assert "| Δ vs unet [95 % paired bootstrap CI] |" in text and "| aux head alone (no denoiser call) |" in text
+    assert "| full | 1.00 | 0.818 ± 0.004 |" in text and "label names only" not in text
+
+
+def test_ablation_run_one_scores_a_textdiffseg_run_the_other_ways_once(tmp_path: Path) -> None:
+    ab = _bench_module("bench_ablation")
+    calls: list[tuple[str, ...]] = []
+
+    def runner(*cli: str) -> float:  # stands in for `tdseg train` / `tdseg evaluate`: writes what they write
+        calls.append(cli)
+        out = Path(cli[cli.index("--out") + 1])
+        if cli[0] == "train":
+            out.mkdir(parents=True)
+            (out / "config.json").write_text(json.dumps({"label_ae": {"source": "reused"}}))
+            (out / "log.csv").write_text("step,loss\n5,0.5\n")
+        else:
+            dice = 0.7 if "--head" in cli else 0.8
+            out.write_text(json.dumps({"seconds_per_case": 0.5, "classes": ["kidney"],
+                                       "cases": [{"case_id": "c0", "dice": {"kidney": dice}, "hd95_mm": {}}]}))
+        return 1.0
+
+    args = __import__("argparse").Namespace(work=str(tmp_path), preset="smoke", minutes=1.0, steps=0, set=[],
+                                            eval_steps=2, eval_samples=1, val_cases=0, fresh=False, device="cpu",
+                                            data="")
+    rec = ab.run_one(args, "full", 0, runner=runner, also=("aux-head",))
+    evals = [c for c in calls if c[0] == "evaluate"]
+    assert len(evals) == 2 and "--head" not in evals[0] and "--steps" in evals[0]
+    assert evals[1][evals[1].index("--head") + 1] == "aux" and "--steps" not in evals[1]
+    assert rec["mean_dice"]["kidney"] == 0.8 and rec["also"]["aux-head"]["mean_dice"]["kidney"] == 0.7
+    calls.clear()
+    rec = ab.run_one(args, "full", 0, runner=runner, also=("aux-head", "no-report"))  # reused: one new scoring
+    assert [c[c.index("--reports") + 1] for c in calls if "--reports" in c] == ["none"] and len(calls) == 1
+    assert set(rec["also"]) == {"aux-head", "no-report"}
+    calls.clear()
+    unet = ab.run_one(args, "unet", 0, runner=runner, also=("aux-head",))
+    assert "also" not in unet and [c[0] for c in calls] == ["train", "evaluate"]
+
+
 def test_text_side_shift_is_zero_when_the_tumour_ignores_the_report_and_one_when_it_follows() -> None:
     bt = _bench_module("bench_text")
     one_left = "A 3.4 cm tumour in the lower pole of the left kidney; the right kidney is normal."

@@ -23,6 +23,7 @@ from tdseg_lite.evaluate import (
     METRICS,
     case_metrics,
     evaluate_cases,
+    pick_head,
     select_cases,
     uncertainty_quality,
     uncertainty_voxels,
@@ -44,9 +45,9 @@ def check_schema(m: dict[str, Any], full: bool = True) -> None:
            "uncertainty": (dict, type(None))}
     if full:
         top |= {"schema_version": int, "run": str, "checkpoint": dict, "model": str, "data": str, "split": str,
-                "reports": str, "versions": dict}
+                "reports": str, "head": str, "versions": dict}
         assert set(m["checkpoint"]) == {"which", "step"} and m["split"] in ("val", "all")
-        assert m["reports"] in ("own", "none")
+        assert m["reports"] in ("own", "none") and m["head"] in ("sampler", "aux")
     assert set(m) == set(top), set(m) ^ set(top)
     for key, kind in top.items():
         assert isinstance(m[key], kind), (key, m[key])
@@ -146,6 +147,28 @@ def test_diffusion_model_reports_uncertainty_quality(tmp_path: Path) -> None:
     assert single["uncertainty"] is None and single["cases"][0]["uncertainty"] is None
 
 
+def test_aux_head_is_scored_alone_and_refused_where_there_is_none(tmp_path: Path) -> None:
+    data = write_msd_dataset(tmp_path / "ds", n_cases=1, shape=(24, 24, 16))
+    model = make("textdiffseg").eval()
+    calls: list[int] = []
+    model.denoiser.register_forward_hook(lambda mod, args, out: calls.append(1))
+    head = pick_head(model, "aux")
+    image = torch.rand(1, 1, 16, 16, 16)
+    torch.testing.assert_close(head.predict(image, ""), model.predict_aux(image, ""))
+    cfg = DataConfig(spacing=(3.0, 3.0, 3.0), patch_size=(16, 16, 16))
+    res = evaluate_cases(head, cfg, load_datalist(data), NAMES)
+    check_schema(res, full=False)
+    assert calls == [] and res["steps"] is None and res["samples"] is None and res["start"] is None
+    assert pick_head(model, "sampler") is model
+    with pytest.raises(UserInputError, match="`--head aux` needs a TextDiffSeg run with an aux head, got a "
+                                             "UNetSegmenter run"):
+        pick_head(make("unet"), "aux")
+    with pytest.raises(UserInputError, match="got a TextDiffSeg without an aux head run"):
+        pick_head(make("textdiffseg", aux_head=False), "aux")
+    with pytest.raises(UserInputError, match="`--head` must be one of sampler, aux, got 'denoiser'"):
+        pick_head(model, "denoiser")
+
+
 def test_evaluate_cases_rejects_bad_options(tmp_path: Path) -> None:
     items = load_datalist(write_msd_dataset(tmp_path / "ds", n_cases=1))
     with pytest.raises(UserInputError, match="at least one labelled case"):
@@ -216,6 +239,7 @@ def test_reports_none_drops_each_description_and_own_keeps_it() -> None:
     (["--out", "m.json", "--samples", "0"], "`--samples` must be >= 1, got 0"),
     (["--out", "m.json", "--max-cases", "-1"], "`--max-cases` must be >= 1, got -1"),
     (["--out", "m.json"], r"no_run/checkpoints/last.pt` does not exist"),
+    (["--out", "m.json", "--head", "aux", "--steps", "2"], "`--steps` has no effect with --head aux"),
 ])
 def test_cli_errors_exit_2_with_one_line(extra: list[str], pattern: str, tmp_path: Path, capsys,
                                          monkeypatch) -> None:
