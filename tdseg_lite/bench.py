@@ -29,6 +29,7 @@ SUITES: dict[str, tuple[str, str]] = {
     "quality": ("bench_quality.py", "equal wall-clock quality incl. aux head, one-step and AE ceiling (Python API)"),
     "text": ("bench_text.py", "six report conditions x models x seeds: does the report guide the segmentation"),
     "ablation": ("bench_ablation.py", "configurations x seeds at equal wall clock: what each switch removes, noise floor"),
+    "uncertainty": ("bench_uncertainty.py", "what the sampling buys: voxel uncertainty of ensembles vs one pass"),
     "phantom": ("bench_phantom.py", "phantom generation speed and HU statistics"),
     "text-fusion": ("bench_text_fusion.py", "text encoding and cross-attention speed"),
     "label-ae": ("bench_label_ae.py", "label autoencoder reconstruction trade-offs"),

@@ -8,15 +8,19 @@ resampled label, as the validation during training does. Metrics come from ``mon
 ``DiceMetric``, ``HausdorffDistanceMetric(percentile=95)`` and ``SurfaceDiceMetric`` (tolerance
 ``--tolerance-mm``), all with the voxel spacing in mm.
 
-For a diffusion model with more than one sample the voxel-wise uncertainty is also judged on the
-model grid: its AUROC for predicting the error voxels (``argmax != label``;
-``monai.metrics.compute_roc_auc``) and the calibration of the confidence ``max_c p̄_c`` (10
-reliability bins, ECE), on at most ``max_voxels`` random voxels per case.
+For a diffusion model with more than one sample (and, with ``--uncertainty``, for every model) the
+voxel-wise uncertainty is also judged on the model grid: its AUROC for predicting the error voxels
+(``argmax != label``; ``monai.metrics.compute_roc_auc``) over the whole volume and among the voxels
+predicted or labelled foreground (where every error lies), and the calibration of the confidence
+``max_c p̄_c`` (10 reliability bins, ECE), on at most ``max_voxels`` random voxels per case. An
+ensemble's uncertainty is ``DiffusionConfig.uncertainty`` of its samples; a single prediction's (one
+UNet pass, the aux head, one diffusion sample) is the entropy of its class probabilities, so
+``--uncertainty`` measures what the sampling adds to the uncertainty a softmax gives for free.
 
 ``metrics.json`` (NaN is written as ``null``; ``CLASS`` = every foreground class name)::
 
     {
-      "schema_version": 4,
+      "schema_version": 5,
       "run": str, "checkpoint": {"which": "best"|"last", "step": int}, "model": str,
       "data": str, "split": "val"|"all", "space": "original"|"model",
       "reports": "own"|"none",                       # the prompts: each case's description, or the label names only
@@ -29,12 +33,12 @@ reliability bins, ECE), on at most ``max_voxels`` random voxels per case.
                  "dice": {CLASS: float|null},        # null: class absent from the label
                  "hd95_mm": {CLASS: float|null},     # null: class absent from the label or the prediction
                  "surface_dice": {CLASS: float|null},  # null: class absent from both
-                 "uncertainty": null | {"auroc": float|null, "ece": float|null}}],
+                 "uncertainty": null | {"auroc": float|null, "auroc_foreground": float|null, "ece": float|null}}],
       "mean": {"dice": {CLASS: float|null}, "hd95_mm": {...}, "surface_dice": {...}},  # NaN-skipping means
       "undefined": {"dice": {CLASS: int}, "hd95_mm": {...}, "surface_dice": {...}},   # cases with null
       "mean_dice": float|null, "mean_hd95_mm": float|null, "mean_surface_dice": float|null,  # over classes
       "uncertainty": null | {"kind": "entropy"|"variance", "voxels": int, "error_rate": float,
-                             "auroc": float|null, "ece": float,
+                             "auroc": float|null, "auroc_foreground": float|null, "ece": float,
                              "bins": [{"lower": float, "upper": float, "count": int,
                                        "confidence": float|null, "accuracy": float|null}]},  # 10 bins
       "versions": {package: version}
@@ -79,7 +83,7 @@ if TYPE_CHECKING:
 __all__ = ["HEADS", "METRICS", "REPORTS", "SCHEMA_VERSION", "add_cli_arguments", "cli_main", "pick_head", "select_cases", "with_reports",
            "write_metrics"]
 
-SCHEMA_VERSION = 4  # 2: + start, start_timestep; 3: + reports; 4: + head
+SCHEMA_VERSION = 5  # 2: + start, start_timestep; 3: + reports; 4: + head; 5: + auroc_foreground, --uncertainty
 #: per-class metrics of every case, in ``metrics.json`` and the CSV (= ``inference.METRICS``)
 METRICS = ("dice", "hd95_mm", "surface_dice")
 
@@ -207,6 +211,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head", default="sampler", choices=HEADS,
                         help="sampler: the model's prediction (diffusion: DDIM); aux: TextDiffSeg's aux head alone "
                              "(no denoiser call)")
+    parser.add_argument("--uncertainty", action="store_true",
+                        help="judge the uncertainty of every model (a single prediction: the entropy of its "
+                             "probabilities); without it, of ensembles (--samples > 1) only")
     parser.add_argument("--which", default="best", choices=("best", "last"), help="checkpoint to load")
     parser.add_argument("--space", default="original", choices=("original", "model"),
                         help="score in the label files' own grid or on the model grid")
@@ -253,7 +260,8 @@ def cli_main(args: argparse.Namespace) -> int:
     names = [labels[k] for k in sorted(labels) if k > 0]
     log = None if args.quiet else (lambda line: print(f"tdseg evaluate: {line}", file=sys.stderr))
     res = evaluate_cases(model, plan.data, items[: args.max_cases], names, space=args.space, steps=args.steps,
-                         samples=args.samples, seed=args.seed, tolerance_mm=args.tolerance_mm, log=log)
+                         samples=args.samples, seed=args.seed, tolerance_mm=args.tolerance_mm,
+                         uncertainty=True if args.uncertainty else None, log=log)
     run = run.resolve()
     which = args.which if (run / "checkpoints" / f"{args.which}.pt").is_file() else "last"  # load_trained's fallback
     payload = {"schema_version": SCHEMA_VERSION, "run": str(run),

@@ -18,11 +18,11 @@ Its result is what ``tdseg evaluate`` writes into ``metrics.json`` (``CLASS`` = 
 
     {"space", "steps", "samples", "start", "start_timestep", "seed", "tolerance_mm", "classes", "num_cases",
      "cases": [{"case_id", "seconds", "spacing_mm", "dice": {CLASS: v}, "hd95_mm": {...}, "surface_dice": {...},
-                "uncertainty": null | {"auroc", "ece"}}],
+                "uncertainty": null | {"auroc", "auroc_foreground", "ece"}}],
      "mean": {"dice": {CLASS: v}, "hd95_mm": {...}, "surface_dice": {...}},   # NaN-skipping means over cases
      "undefined": {"dice": {CLASS: n}, ...},                                   # cases where the value is NaN
      "mean_dice", "mean_hd95_mm", "mean_surface_dice", "seconds_per_case",
-     "uncertainty": null | {"kind", "voxels", "error_rate", "auroc", "ece", "bins": [...]}}
+     "uncertainty": null | {"kind", "voxels", "error_rate", "auroc", "auroc_foreground", "ece", "bins": [...]}}
 
 A value is NaN where it is undefined: Dice when the class is absent from the label, HD95 when it is
 absent from the label or the prediction, surface Dice when it is absent from both.
@@ -274,11 +274,13 @@ def uncertainty_voxels(probs: torch.Tensor, unc: torch.Tensor, label: torch.Tens
         max_voxels: keep at most this many voxels (uniformly at random).
 
     Returns:
-        ``{"uncertainty": (V,), "confidence": (V,) max_c p_c, "error": (V,) bool argmax != label}``.
+        ``{"uncertainty": (V,), "confidence": (V,) max_c p_c, "error": (V,) bool argmax != label,
+        "foreground": (V,) bool, predicted or labelled foreground (every error voxel is one)}``.
     """
     conf, pred = probs.float().max(dim=0)
+    target = label.long()[0]
     out = {"uncertainty": unc.float().reshape(-1), "confidence": conf.reshape(-1),
-           "error": (pred != label.long()[0]).reshape(-1)}
+           "error": (pred != target).reshape(-1), "foreground": ((pred > 0) | (target > 0)).reshape(-1)}
     n = out["error"].numel()
     if n > max_voxels:
         keep = torch.randperm(n, generator=generator)[:max_voxels]
@@ -294,17 +296,18 @@ def uncertainty_quality(voxels: Mapping[str, torch.Tensor], bins: int = 10) -> d
         bins: equal-width confidence bins on [0, 1].
 
     Returns:
-        ``{"voxels", "error_rate", "auroc" (NaN if there are no errors or only errors), "ece",
-        "bins": [{"lower", "upper", "count", "confidence", "accuracy"}]}``; ECE = Σ_b (n_b / V) |acc_b − conf_b|.
+        ``{"voxels", "error_rate", "auroc" (NaN if there are no errors or only errors), "auroc_foreground",
+        "ece", "bins": [{"lower", "upper", "count", "confidence", "accuracy"}]}``; ECE = Σ_b (n_b / V)
+        |acc_b − conf_b|. ``auroc_foreground`` is the AUROC among the voxels flagged ``"foreground"``
+        (NaN without that key): the whole-volume AUROC is mostly "organ vs far background", which any
+        softmax gets right; inside the organs it asks whether the uncertainty ranks the wrong voxels first.
     """
-    from monai.metrics import compute_roc_auc
-
     err, conf = voxels["error"].long(), voxels["confidence"].float()
     require(err.numel() > 0, "voxels", "must hold at least one voxel", "none",
             "Pass uncertainty_voxels(...) output.", UserInputError)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # all-correct cases: MONAI warns and returns NaN
-        auroc = float(compute_roc_auc(voxels["uncertainty"].float(), err))
+    auroc = _auroc(voxels["uncertainty"], err)
+    fg = voxels.get("foreground")
+    auroc_fg = _auroc(voxels["uncertainty"][fg], err[fg]) if fg is not None and bool(fg.any()) else math.nan
     which = (conf * bins).long().clamp(0, bins - 1)
     table, ece = [], 0.0
     for b in range(bins):
@@ -314,8 +317,17 @@ def uncertainty_quality(voxels: Mapping[str, torch.Tensor], bins: int = 10) -> d
         a = float(1.0 - err[sel].float().mean()) if n else math.nan
         ece += n / err.numel() * abs(a - c) if n else 0.0
         table.append({"lower": b / bins, "upper": (b + 1) / bins, "count": n, "confidence": c, "accuracy": a})
-    return {"voxels": int(err.numel()), "error_rate": float(err.float().mean()), "auroc": auroc, "ece": ece,
-            "bins": table}
+    return {"voxels": int(err.numel()), "error_rate": float(err.float().mean()), "auroc": auroc,
+            "auroc_foreground": auroc_fg, "ece": ece, "bins": table}
+
+
+def _auroc(score: torch.Tensor, error: torch.Tensor) -> float:
+    """AUROC of ``score`` (V,) for ``error`` (V,) with ``monai.metrics.compute_roc_auc``; NaN for one class only."""
+    from monai.metrics import compute_roc_auc
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # all-correct voxels: MONAI warns and returns NaN
+        return float(compute_roc_auc(score.float(), error.long()))
 
 
 def summarise(cases: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, Any]:
@@ -339,7 +351,8 @@ def evaluate(model: Segmenter, cases: Iterable[Mapping[str, Any]], *, roi_size: 
              class_names: Sequence[str] | None = None, spacing: Sequence[float] | None = None,
              space: str = "model", data_cfg: DataConfig | None = None, tolerance_mm: float = 2.0, seed: int = 0,
              max_voxels: int = 20_000, max_cases: int | None = None, sw_batch_size: int | None = None, overlap: float = 0.5,
-             log: Callable[[str], None] | None = None, **predict_kwargs: Any) -> dict[str, Any]:
+             uncertainty: bool | None = None, log: Callable[[str], None] | None = None,
+             **predict_kwargs: Any) -> dict[str, Any]:
     """Predict every case with sliding windows and score it: the one evaluator (result in the module docstring).
 
     Args:
@@ -354,8 +367,12 @@ def evaluate(model: Segmenter, cases: Iterable[Mapping[str, Any]], *, roi_size: 
         data_cfg: the run's ``DataConfig`` (needed for file items).
         tolerance_mm: surface Dice tolerance.
         seed: case ``i`` samples with ``torch.Generator().manual_seed(seed + i)`` (unless ``generator`` is given).
-        max_voxels: voxels per case for the uncertainty analysis (ensembles of a diffusion model).
+        max_voxels: voxels per case for the uncertainty analysis.
         max_cases: score only the first cases.
+        uncertainty: judge the voxel-wise uncertainty (AUROC for the error voxels, calibration). ``None``:
+            for ensembles (a diffusion model with more than one sample) only; ``True``: for every model,
+            where a single prediction's uncertainty is the entropy of its class probabilities (one UNet
+            pass, the aux head, one diffusion sample); ``False``: never.
         log: called with one line per scored case.
         **predict_kwargs: ``steps``, ``samples``, ``guidance``, ``eta``, ``generator`` (diffusion models).
     """
@@ -369,7 +386,8 @@ def evaluate(model: Segmenter, cases: Iterable[Mapping[str, Any]], *, roi_size: 
         kw["samples"] = kw.get("samples") or model.dcfg.samples
     else:
         kw = {k: v for k, v in kw.items() if k not in ("steps", "samples", "guidance", "eta", "generator")}
-    measure = bool(diffusion and kw["samples"] > 1)
+    ensemble = bool(diffusion and kw["samples"] > 1)
+    measure = ensemble if uncertainty is None else bool(uncertainty)
     names = list(class_names) if class_names else [f"class_{c}" for c in range(1, model.num_classes)]
     grid_spacing = [float(s) for s in spacing] if spacing is not None else [1.0, 1.0, 1.0]
     transform = None
@@ -415,7 +433,7 @@ def evaluate(model: Segmenter, cases: Iterable[Mapping[str, Any]], *, roi_size: 
         if measure:
             vox = uncertainty_voxels(probs, unc, label, max_voxels, torch.Generator().manual_seed(seed + i))
             q = uncertainty_quality(vox)
-            entry["uncertainty"] = {"auroc": q["auroc"], "ece": q["ece"]}
+            entry["uncertainty"] = {k: q[k] for k in ("auroc", "auroc_foreground", "ece")}
             voxels.append(vox)
         scored.append(entry)
         if log is not None:
@@ -424,7 +442,7 @@ def evaluate(model: Segmenter, cases: Iterable[Mapping[str, Any]], *, roi_size: 
     require(scored, "cases", "must hold at least one case", 0, "Check the dataset and the split.", UserInputError)
     unc_summary = None
     if voxels:
-        unc_summary = {"kind": model.dcfg.uncertainty,
+        unc_summary = {"kind": model.dcfg.uncertainty if ensemble else "entropy",
                        **uncertainty_quality({k: torch.cat([v[k] for v in voxels]) for k in voxels[0]})}
     start_kind = model.dcfg.start if diffusion else None
     return {"space": space, "steps": kw.get("steps"), "samples": kw.get("samples"), "start": start_kind,
@@ -435,7 +453,7 @@ def evaluate(model: Segmenter, cases: Iterable[Mapping[str, Any]], *, roi_size: 
 
 def evaluate_cases(model: Segmenter, data_cfg: DataConfig, items: Sequence[Mapping[str, Any]], class_names: Sequence[str], *,
                    space: str = "original", steps: int | None = None, samples: int | None = None, seed: int = 0,
-                   tolerance_mm: float = 2.0, max_voxels: int = 20_000,
+                   tolerance_mm: float = 2.0, max_voxels: int = 20_000, uncertainty: bool | None = None,
                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """``evaluate`` on labelled case files (``data.load_datalist``) with the run's ``DataConfig``: what
     ``tdseg evaluate`` runs (default: scored in each label file's own grid)."""
@@ -443,4 +461,4 @@ def evaluate_cases(model: Segmenter, data_cfg: DataConfig, items: Sequence[Mappi
             UserInputError)
     return evaluate(model, items, roi_size=data_cfg.patch_size, class_names=class_names, spacing=data_cfg.spacing,
                     space=space, data_cfg=data_cfg, tolerance_mm=tolerance_mm,
-                    seed=seed, max_voxels=max_voxels, log=log, steps=steps, samples=samples)
+                    seed=seed, max_voxels=max_voxels, uncertainty=uncertainty, log=log, steps=steps, samples=samples)

@@ -312,3 +312,27 @@ def test_text_verdicts_name_the_variant_they_judge() -> None:
     assert len(lines) == 4 and all(line.startswith("- (`tds-structured`) ") for line in lines)
     assert "met (+0.200)" in lines[0] and "met (+0.100; side share 0.90 → 0.40; side shift tds-structured 0.30)" in lines[2]
     assert bt.verdicts({"unet": {"model": "unet", "scores": scores}}) == ["- targets need the `textdiffseg` model; not run."]
+
+
+def test_uncertainty_aggregate_pairs_the_seeds_of_ensemble_and_single_pass() -> None:
+    bu = _bench_module("bench_uncertainty")
+    assert bu.scorings_for("unet") == ["softmax"] and bu.scorings_for("textdiffseg") == ["aux-head", "one-sample", "ensemble"]
+
+    def rec(config: str, scoring: str, seed: int, auroc_fg: float, seconds: float) -> dict:
+        numbers = {f: 0.5 for f in bu.FIELDS} | {"auroc_foreground": auroc_fg, "seconds_per_case": seconds}
+        return {"config": config, "seed": seed, "scoring": scoring, "numbers": numbers}
+
+    records = [rec("unet", "softmax", s, 0.60, 1.0) for s in (0, 1, 2)]
+    records += [rec("full", "aux-head", s, 0.62 + 0.01 * s, 1.0) for s in (0, 1, 2)]
+    records += [rec("full", "ensemble", s, 0.70 + 0.01 * s + 0.01 * (s == 2), 4.0) for s in (0, 1)]  # seed 2 missing
+    agg = bu.aggregate(records)
+    assert agg["rows"]["full/ensemble"]["seeds"] == [0, 1]
+    assert agg["rows"]["unet/softmax"]["auroc_foreground"]["sd"] == pytest.approx(0.0)
+    aux = agg["deltas"]["full ensemble − aux head"]
+    assert aux["seeds"] == 2 and aux["auroc_foreground"]["mean"] == pytest.approx(0.08)
+    assert aux["time_ratio"] == pytest.approx(4.0)
+    assert agg["deltas"]["full ensemble − unet softmax"]["auroc_foreground"]["mean"] == pytest.approx(0.105)
+    assert "full ensemble − one sample" not in agg["deltas"]  # no one-sample scoring recorded
+    lines = bu.markdown({"aggregate": agg, "title": "T", "device": "cpu", "date": "d", "commit": "c", "seeds": [0, 1, 2],
+                         "cases": 8, "samples": 4})
+    assert any(line.startswith("| full ensemble − aux head | 0.000 ± 0.000 | 0.080 ± 0.000") for line in lines)

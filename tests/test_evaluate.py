@@ -58,13 +58,14 @@ def check_schema(m: dict[str, Any], full: bool = True) -> None:
         assert isinstance(case["case_id"], str) and case["seconds"] >= 0 and len(case["spacing_mm"]) == 3
         for metric in METRICS:
             assert set(case[metric]) == set(classes) and all(isinstance(v, OPT_NUM) for v in case[metric].values())
-        assert case["uncertainty"] is None or set(case["uncertainty"]) == {"auroc", "ece"}
+        assert case["uncertainty"] is None or set(case["uncertainty"]) == {"auroc", "auroc_foreground", "ece"}
     for part in ("mean", "undefined"):
         assert set(m[part]) == set(METRICS) and all(set(m[part][x]) == set(classes) for x in METRICS)
     assert all(isinstance(v, int) for x in METRICS for v in m["undefined"][x].values())
     if m["uncertainty"] is not None:
         u = m["uncertainty"]
-        assert set(u) == {"kind", "voxels", "error_rate", "auroc", "ece", "bins"} and len(u["bins"]) == 10
+        assert set(u) == {"kind", "voxels", "error_rate", "auroc", "auroc_foreground", "ece", "bins"}
+        assert len(u["bins"]) == 10 and u["kind"] in ("entropy", "variance")
         assert sum(b["count"] for b in u["bins"]) == u["voxels"] and 0.0 <= u["ece"] <= 1.0
         assert all(set(b) == {"lower", "upper", "count", "confidence", "accuracy"} for b in u["bins"])
 
@@ -106,7 +107,13 @@ def test_uncertainty_quality_auroc_and_calibration() -> None:
     assert wrong["auroc"] == 0.0 and wrong["ece"] == pytest.approx(0.2) and wrong["bins"][9]["count"] == 100
     no_errors = uncertainty_quality({"uncertainty": torch.rand(10), "confidence": torch.rand(10),
                                      "error": torch.zeros(10, dtype=torch.bool)})
-    assert math.isnan(no_errors["auroc"])
+    assert math.isnan(no_errors["auroc"]) and math.isnan(no_errors["auroc_foreground"])
+    # inside the organs: 10 background voxels that a score ranks perfectly, 10 organ voxels it ranks backwards
+    score = torch.cat([torch.zeros(10), torch.linspace(1, 2, 10)])
+    err = torch.tensor([False] * 10 + [True] * 5 + [False] * 5)
+    fg = torch.tensor([False] * 10 + [True] * 10)
+    inside = uncertainty_quality({"uncertainty": score, "confidence": torch.ones(20), "error": err, "foreground": fg})
+    assert inside["auroc"] == pytest.approx(10 / 15) and inside["auroc_foreground"] == 0.0
     with pytest.raises(UserInputError, match="at least one voxel"):
         uncertainty_quality({"uncertainty": torch.zeros(0), "confidence": torch.zeros(0), "error": torch.zeros(0)})
 
@@ -120,6 +127,8 @@ def test_uncertainty_voxels_subsample_reproducibly() -> None:
     assert full["error"].sum() == 100 and torch.equal(full["confidence"], probs.max(0).values.reshape(-1))
     a, b = (uncertainty_voxels(probs, unc, label, 50, torch.Generator().manual_seed(3)) for _ in range(2))
     assert a["uncertainty"].shape == (50,) and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(full["foreground"], ((probs.argmax(0) > 0) | (label[0] > 0)).reshape(-1))
+    assert bool(full["foreground"][full["error"]].all())  # every error voxel is predicted or labelled foreground
 
 
 def test_oracle_scores_perfectly_in_both_spaces(tmp_path: Path) -> None:
@@ -141,10 +150,15 @@ def test_diffusion_model_reports_uncertainty_quality(tmp_path: Path) -> None:
     res = evaluate_cases(model, cfg, load_datalist(data), NAMES, steps=1, samples=2, max_voxels=500)
     check_schema(res, full=False)
     assert res["uncertainty"]["voxels"] == 500 and res["uncertainty"]["kind"] == "entropy"
-    assert res["steps"] == 1 and res["samples"] == 2 and set(res["cases"][0]["uncertainty"]) == {"auroc", "ece"}
+    assert res["steps"] == 1 and res["samples"] == 2 and set(res["cases"][0]["uncertainty"]) == {"auroc", "auroc_foreground", "ece"}
     assert res["start"] == "noise" and res["start_timestep"] is None
     single = evaluate_cases(model, cfg, load_datalist(data), NAMES, steps=1, samples=1)
     assert single["uncertainty"] is None and single["cases"][0]["uncertainty"] is None
+    asked = evaluate_cases(model, cfg, load_datalist(data), NAMES, steps=1, samples=1, uncertainty=True)
+    assert asked["uncertainty"]["kind"] == "entropy" and asked["uncertainty"]["voxels"] == 16 ** 3  # every voxel of the model grid
+    assert asked["cases"][0]["dice"] == single["cases"][0]["dice"]  # the same prediction, only judged as well
+    never = evaluate_cases(model, cfg, load_datalist(data), NAMES, steps=1, samples=2, uncertainty=False)
+    assert never["uncertainty"] is None
 
 
 def test_aux_head_is_scored_alone_and_refused_where_there_is_none(tmp_path: Path) -> None:
@@ -220,6 +234,12 @@ def test_cli_end_to_end_writes_metrics_json_and_csv(tiny_unet_run: tuple[Path, P
     check_schema(m2)
     assert m2["num_cases"] == 2 and m2["space"] == "model" and m2["cases"][0]["spacing_mm"] == [3.0, 3.0, 3.0]
     assert m["reports"] == "own" and m2["reports"] == "none"
+    assert m["uncertainty"] is None  # a UNet is judged only when asked
+    out3 = tmp_path / "unc.json"
+    assert main(["evaluate", "--run", str(run), "--out", str(out3), "--quiet", "--device", "cpu", "--uncertainty"]) == 0
+    m3 = json.loads(out3.read_text())
+    check_schema(m3)
+    assert m3["uncertainty"]["kind"] == "entropy" and m3["mean"] == m["mean"] and m3["schema_version"] == 5
 
 
 def test_reports_none_drops_each_description_and_own_keeps_it() -> None:
