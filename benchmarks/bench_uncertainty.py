@@ -28,6 +28,7 @@ Writes ``results[/gpu_NAME]/NAME.{json,md}`` (stamped: device, threads, date, co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -45,15 +46,20 @@ from common import fmt, results_dir, stamp, title, write_report
 
 from tdseg_lite.utils import atomic_write_text, jsonable, pick_device
 
-#: scoring -> (the models it applies to, head, samples: None = the run's, "S" = --samples)
-SCORINGS: dict[str, tuple[tuple[str, ...], str, str | None]] = {
-    "softmax": (("unet", "text-unet"), "sampler", None),
-    "aux-head": (("textdiffseg",), "aux", None),
-    "one-sample": (("textdiffseg", "pixel-diffusion"), "sampler", "1"),
-    "ensemble": (("textdiffseg", "pixel-diffusion"), "sampler", "S"),
+#: scoring -> (the models it applies to, head, samples: None = the run's, "S" = --samples, DiffusionConfig changes)
+SCORINGS: dict[str, tuple[tuple[str, ...], str, str | None, dict[str, Any]]] = {
+    "softmax": (("unet", "text-unet"), "sampler", None, {}),
+    "aux-head": (("textdiffseg",), "aux", None, {}),
+    "one-sample": (("textdiffseg", "pixel-diffusion"), "sampler", "1", {}),
+    "ensemble": (("textdiffseg", "pixel-diffusion"), "sampler", "S", {}),
+    "blend": (("textdiffseg",), "sampler", "1", {"aux_blend": 0.5}),
 }
 TITLES = {"softmax": "one pass, softmax entropy", "aux-head": "aux head alone, softmax entropy",
-          "one-sample": "one DDIM sample, its entropy", "ensemble": "DDIM ensemble, entropy of the mean"}
+          "one-sample": "one DDIM sample, its entropy", "ensemble": "DDIM ensemble, entropy of the mean",
+          "blend": "½ one sample + ½ aux head, entropy of the blend"}
+#: the paired differences reported within a configuration (``aggregate``): (scoring, minus scoring)
+PAIRS = (("ensemble", "aux-head"), ("ensemble", "one-sample"), ("one-sample", "aux-head"),
+         ("blend", "one-sample"), ("blend", "aux-head"))
 #: the numbers each scoring contributes to the table (``_numbers``)
 FIELDS = ("kidney", "tumor", "auroc", "auroc_foreground", "ece", "error_rate", "seconds_per_case")
 
@@ -73,15 +79,17 @@ def score_run(folder: Path, scoring: str, samples: int, val_cases: int, max_voxe
     from tdseg_lite.inference import evaluate_cases
     from tdseg_lite.runs import load_trained
 
-    _, head, want = SCORINGS[scoring]
+    _, head, want, changes = SCORINGS[scoring]
     n = None if want is None else samples if want == "S" else int(want)
-    settings = {"scoring": scoring, "samples": n, "val_cases": val_cases, "max_voxels": max_voxels}
+    settings = {"scoring": scoring, "samples": n, "val_cases": val_cases, "max_voxels": max_voxels, **changes}
     cache = folder / f"uncertainty_{scoring}.json"
     if cache.is_file():
         stored = json.loads(cache.read_text())
         if stored.get("settings") == settings:
             return stored
     model, plan, ckpt = load_trained(folder, "best", "cpu")
+    if changes:
+        model.dcfg = dataclasses.replace(model.dcfg, **changes)
     _, items = select_cases(folder, ckpt, plan.data, None, "val")
     labels = {int(k): v for k, v in ckpt["config"]["labels"].items()}
     names = [labels[k] for k in sorted(labels) if k > 0]
@@ -97,7 +105,7 @@ def score_run(folder: Path, scoring: str, samples: int, val_cases: int, max_voxe
 
 def scorings_for(model: str) -> list[str]:
     """The scorings that apply to a run of ``model`` (``tdseg train --model``)."""
-    return [name for name, (models, _, _) in SCORINGS.items() if model in models]
+    return [name for name, (models, *_) in SCORINGS.items() if model in models]
 
 
 def mean_sd(values: list[float]) -> dict[str, float]:
@@ -109,7 +117,7 @@ def mean_sd(values: list[float]) -> dict[str, float]:
 
 def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Rows ``(config, scoring)`` with mean ± sd over seeds of every ``FIELDS`` number, and the paired
-    differences ensemble − aux head and ensemble − UNet softmax (per seed, then mean ± sd).
+    differences ``PAIRS`` within a configuration and ensemble − each softmax run (per seed, then mean ± sd).
 
     ``records``: ``{"config", "seed", "scoring", "numbers": {FIELD: float}}``.
     """
@@ -122,15 +130,14 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     for row in rows.values():
         row.update({f: mean_sd([n[f] for n in row["per_seed"].values()]) for f in FIELDS})
     deltas: dict[str, Any] = {}
-    ens = [r for r in rows.values() if r["scoring"] == "ensemble"]
-    for row in ens:
-        others = {"aux head": rows.get(f"{row['config']}/aux-head"), "one sample": rows.get(f"{row['config']}/one-sample")}
-        others |= {f"{r['config']} softmax": r for r in rows.values() if r["scoring"] == "softmax"}
-        for name, other in others.items():
-            if other is None:
-                continue
+    configs = list(dict.fromkeys(r["config"] for r in rows.values()))
+    pairs = [(rows.get(f"{c}/{a}"), rows.get(f"{c}/{b}"), f"{c} {a} − {b}") for c in configs for a, b in PAIRS]
+    pairs += [(row, other, f"{row['config']} ensemble − {other['config']} softmax") for row in rows.values()
+              if row["scoring"] == "ensemble" for other in rows.values() if other["scoring"] == "softmax"]
+    for row, other, name in pairs:
+        if row is not None and other is not None:
             seeds = [s for s in row["per_seed"] if s in other["per_seed"]]
-            deltas[f"{row['config']} ensemble − {name}"] = {
+            deltas[name] = {
                 **{f: mean_sd([row["per_seed"][s][f] - other["per_seed"][s][f] for s in seeds]) for f in FIELDS},
                 "seeds": len(seeds), "time_ratio": row["seconds_per_case"]["mean"] / other["seconds_per_case"]["mean"]}
     return {"rows": rows, "deltas": deltas}

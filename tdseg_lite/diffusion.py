@@ -70,6 +70,7 @@ class DiffusionConfig:
     text_dropout: float = 0.1              # p: share of training samples whose text is replaced by the null prompt
     samples: int = 4                       # S samples per prediction, averaged as probabilities (ensemble)
     uncertainty: Literal["entropy", "variance"] = "entropy"  # voxel-wise uncertainty of the ensemble
+    aux_blend: float = 0.0                 # w_a: prediction = (1 − w_a)·mean of the samples + w_a·softmax(D(ẑ_aux))
     aux_weight: float = 1.0                # Dice + CE of the image encoder's aux head (decoded)
     aux_latent_weight: float = 1.0         # MSE(aux latent, z^(0))
     decode_fraction: float = 0.5           # share of the batch decoded for the pixel losses (throughput)
@@ -93,6 +94,8 @@ class DiffusionConfig:
                 self.decode_fraction, "Use 1.0 or e.g. 0.5.")
         require(self.samples >= 1, "DiffusionConfig.samples", "must be >= 1",
                 self.samples, "Use 1, or e.g. 5 for an uncertainty map.")
+        require(0.0 <= self.aux_blend <= 1.0, "DiffusionConfig.aux_blend", "must be in [0, 1]", self.aux_blend,
+                "Use 0 (the samples alone) or e.g. 0.5.")
 
 
 def make_scheduler(cfg: DiffusionConfig, kind: Literal["ddpm", "ddim"] = "ddim") -> Any:

@@ -381,12 +381,15 @@ class TextDiffSeg(DiffusionSegmenter):
         ẑ_aux is read from the fused latent, so it depends on the report ``text`` too.
         """
         image = self._check_image(image)
-        feats = self.image_features(image, coords)
+        return self.aux_probabilities(self.image_features(image, coords), text, image)
+
+    def aux_probabilities(self, feats: dict[str, Any], text: Any, image: torch.Tensor) -> torch.Tensor:
+        """softmax(D(ẑ_aux)) (B, N, D, H, W) from ``image_features(image)`` and the report ``text``."""
         emb = None if self.text is None else self.text.embed(text, image.shape[0], image.device)
         aux = self.condition(feats, emb)["aux_latent"]
         if aux is None:
-            raise ConfigError("`ModelConfig.aux_head` must be True (with image_features) for predict_aux, got no "
-                              "aux head. Build the model with aux_head=True.")
+            raise ConfigError("`ModelConfig.aux_head` must be True (with image_features) for the aux head's "
+                              "prediction, got no aux head. Build the model with aux_head=True.")
         return self.decode(aux, feats["skip"]).softmax(dim=1)
 
     @torch.no_grad()

@@ -330,7 +330,11 @@ class DiffusionSegmenter(Segmenter):
                 guidance: float | None = None, eta: float | None = None, generator: torch.Generator | None = None,
                 uncertainty: bool = False, coords: torch.Tensor | None = None,
                 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Mean class probabilities of S DDIM samples [+ voxel-wise uncertainty] (``ensemble_statistics``)."""
+        """Mean class probabilities of S DDIM samples [+ voxel-wise uncertainty] (``ensemble_statistics``).
+
+        With ``dcfg.aux_blend`` = w_a > 0 the result is (1 − w_a)·(mean of the samples) + w_a·(the aux
+        head's probabilities), and an entropy uncertainty is that of the blend.
+        """
         image = self._check_image(image)
         samples = self.dcfg.samples if samples is None else samples
         if samples < 1:
@@ -340,7 +344,17 @@ class DiffusionSegmenter(Segmenter):
             z = self.sample(image, text, steps=steps, guidance=guidance, eta=eta, generator=generator, feats=feats)
             probs.append(self.decode(z, feats["skip"]).softmax(dim=1))
         mean, unc = ensemble_statistics(torch.stack(probs), self.dcfg.uncertainty)
+        blend = self.dcfg.aux_blend
+        if blend > 0:
+            mean = (1.0 - blend) * mean + blend * self.aux_probabilities(feats, text, image)
+            if self.dcfg.uncertainty == "entropy":
+                unc = ensemble_statistics(mean[None], "entropy")[1]
         return (mean, unc) if uncertainty else mean
+
+    def aux_probabilities(self, feats: dict[str, Any], text: Any, image: torch.Tensor) -> torch.Tensor:
+        """The aux head's class probabilities softmax(D(ẑ_aux)) (B, N, D, H, W) from ``image_features``."""
+        raise UserInputError(f"`DiffusionConfig.aux_blend` needs a model with an aux head, got a {type(self).__name__}. "
+                             "Set diffusion.aux_blend=0.")
 
 
 def _cat(a: Any, b: Any) -> Any:

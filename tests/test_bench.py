@@ -316,7 +316,7 @@ def test_text_verdicts_name_the_variant_they_judge() -> None:
 
 def test_uncertainty_aggregate_pairs_the_seeds_of_ensemble_and_single_pass() -> None:
     bu = _bench_module("bench_uncertainty")
-    assert bu.scorings_for("unet") == ["softmax"] and bu.scorings_for("textdiffseg") == ["aux-head", "one-sample", "ensemble"]
+    assert bu.scorings_for("unet") == ["softmax"] and bu.scorings_for("textdiffseg") == ["aux-head", "one-sample", "ensemble", "blend"]
 
     def rec(config: str, scoring: str, seed: int, auroc_fg: float, seconds: float) -> dict:
         numbers = {f: 0.5 for f in bu.FIELDS} | {"auroc_foreground": auroc_fg, "seconds_per_case": seconds}
@@ -328,11 +328,11 @@ def test_uncertainty_aggregate_pairs_the_seeds_of_ensemble_and_single_pass() -> 
     agg = bu.aggregate(records)
     assert agg["rows"]["full/ensemble"]["seeds"] == [0, 1]
     assert agg["rows"]["unet/softmax"]["auroc_foreground"]["sd"] == pytest.approx(0.0)
-    aux = agg["deltas"]["full ensemble − aux head"]
+    aux = agg["deltas"]["full ensemble − aux-head"]
     assert aux["seeds"] == 2 and aux["auroc_foreground"]["mean"] == pytest.approx(0.08)
     assert aux["time_ratio"] == pytest.approx(4.0)
     assert agg["deltas"]["full ensemble − unet softmax"]["auroc_foreground"]["mean"] == pytest.approx(0.105)
-    assert "full ensemble − one sample" not in agg["deltas"]  # no one-sample scoring recorded
+    assert "full ensemble − one-sample" not in agg["deltas"]  # no one-sample scoring recorded
     lines = bu.markdown({"aggregate": agg, "title": "T", "device": "cpu", "date": "d", "commit": "c", "seeds": [0, 1, 2],
                          "cases": 8, "samples": 4})
-    assert any(line.startswith("| full ensemble − aux head | 0.000 ± 0.000 | 0.080 ± 0.000") for line in lines)
+    assert any(line.startswith("| full ensemble − aux-head | 0.000 ± 0.000 | 0.080 ± 0.000") for line in lines)

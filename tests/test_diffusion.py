@@ -187,6 +187,7 @@ def test_ensemble_statistics(kind: str) -> None:
     ({"start_timestep": 1000}, "start_timestep"),
     ({"mse_weight": -1.0}, "mse_weight"),
     ({"samples": 0}, "samples"),
+    ({"aux_blend": 1.5}, "aux_blend"),
 ])
 def test_config_errors(overrides: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):

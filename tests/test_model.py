@@ -118,6 +118,25 @@ def test_predict_shapes_and_uncertainty(name: str) -> None:
     assert bool((unc >= 0).all())
 
 
+def test_aux_blend_mixes_the_aux_head_into_the_sampled_prediction() -> None:
+    import dataclasses
+
+    model = make("textdiffseg").eval()
+    image = fixed_batch()["image"]
+    kw = {"samples": 1, "steps": 2, "uncertainty": True}
+    sampled, _ = model.predict(image, "A kidney.", generator=torch.Generator().manual_seed(0), **kw)
+    aux = model.predict_aux(image, "A kidney.")
+    model.dcfg = dataclasses.replace(model.dcfg, aux_blend=0.25)
+    blend, unc = model.predict(image, "A kidney.", generator=torch.Generator().manual_seed(0), **kw)
+    torch.testing.assert_close(blend, 0.75 * sampled + 0.25 * aux)
+    torch.testing.assert_close(unc, -(blend * blend.clamp_min(1e-12).log()).sum(1, keepdim=True))
+    pixel = make("pixel-diffusion").eval()
+    pixel.dcfg = dataclasses.replace(pixel.dcfg, aux_blend=0.5)
+    with pytest.raises(UserInputError, match="`DiffusionConfig.aux_blend` needs a model with an aux head, got a "
+                                             "PixelDiffusion"):
+        pixel.predict(image, "A kidney.", samples=1, steps=1)
+
+
 @pytest.mark.parametrize("name", ["textdiffseg", "pixel-diffusion"])
 def test_guidance_zero_is_the_unconditional_model(name: str) -> None:
     model = make(name).eval()
