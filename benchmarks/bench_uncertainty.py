@@ -14,7 +14,9 @@ validation cases, on the model grid, with ``inference.evaluate_cases(..., uncert
 * the UNet: one pass, softmax entropy;
 * TextDiffSeg's aux head alone (``--head aux``): one pass, softmax entropy, no denoiser call;
 * TextDiffSeg's sampler with one sample (the run's DDIM steps and start): the entropy of that sample;
-* TextDiffSeg's sampler with ``--samples`` samples: the entropy of their mean (``DiffusionConfig.uncertainty``).
+* TextDiffSeg's sampler with ``--samples`` samples: the entropy of their mean (``DiffusionConfig.uncertainty``);
+* the blend: ½ one sample + ½ the aux head (``diffusion.aux_blend=0.5``): does mixing the two cheap
+  predictions keep the aux head's kidney and the sample's tumour?
 
 For each: Dice, the AUROC of the uncertainty for the error voxels over the whole volume and inside
 the organs (voxels predicted or labelled foreground, where every error lies), the expected
@@ -67,7 +69,7 @@ FIELDS = ("kidney", "tumor", "auroc", "auroc_foreground", "ece", "error_rate", "
 def _numbers(res: dict[str, Any]) -> dict[str, float]:
     """The table's numbers of one ``evaluate_cases`` result (NaN where undefined)."""
     unc = res["uncertainty"] or {}
-    nan = lambda v: math.nan if v is None else float(v)  # noqa: E731
+    nan = lambda v: math.nan if v is None else float(v)
     out = {name: nan(res["mean"]["dice"].get(name)) for name in ("kidney", "tumor")}
     out |= {k: nan(unc.get(k)) for k in ("auroc", "auroc_foreground", "ece", "error_rate")}
     return out | {"seconds_per_case": float(res["seconds_per_case"])}
@@ -165,12 +167,13 @@ def markdown(report: dict[str, Any]) -> list[str]:
         for name, d in agg["deltas"].items():
             lines.append(f"| {name} | {_pm(d['auroc'])} | {_pm(d['auroc_foreground'])} | {_pm(d['ece'])} | "
                          f"{_pm(d['kidney'])} | {_pm(d['tumor'])} | {fmt(d['time_ratio'], 1)} |")
-    lines += ["", "AUROC (volume): how well the voxel uncertainty ranks the wrong voxels above the right ones, "
+    lines += ["", ("AUROC (volume): how well the voxel uncertainty ranks the wrong voxels above the right ones, "
               "on random voxels of the whole volume (mostly far background that every model gets right). "
               "AUROC (in organs): the same among the voxels predicted or labelled kidney or tumour, where every "
               "error lies. ECE: expected calibration error of the confidence max_c p_c (10 bins; lower is better). "
               "A single pass's uncertainty is the entropy of its probabilities; the ensemble's is the entropy "
-              "of the mean of its samples."]
+              "of the mean of its samples. The blend (`--set diffusion.aux_blend=0.5`) averages one sample's "
+              "probabilities with the aux head's, at the cost of one more decode.")]
     return lines
 
 
@@ -180,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default="unet,full", help="comma-separated run configurations under --work")
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     ap.add_argument("--samples", type=int, default=4, help="ensemble size")
+    ap.add_argument("--scorings", default=",".join(SCORINGS), help=f"comma-separated, from {', '.join(SCORINGS)}")
     ap.add_argument("--val-cases", type=int, default=0, help="validation cases scored (0: all)")
     ap.add_argument("--max-voxels", type=int, default=20_000, help="random voxels per case for the uncertainty")
     ap.add_argument("--threads", type=int, default=2)
@@ -191,6 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.samples < 2:
         ap.error(f"--samples: an ensemble needs >= 2 samples, got {args.samples}; use e.g. 4")
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    wanted = [x.strip() for x in args.scorings.split(",") if x.strip()]
+    if any(x not in SCORINGS for x in wanted):
+        ap.error(f"--scorings: unknown {[x for x in wanted if x not in SCORINGS]}; choose from {', '.join(SCORINGS)}")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     work = Path(args.work)
     missing = [f"{c}_seed{s}" for c in configs for s in seeds if not (work / f"{c}_seed{s}" / "checkpoints").is_dir()]
@@ -205,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             folder = work / f"{config}_seed{seed}"
             model = json.loads((folder / "ablation_run.json").read_text())["model"]
-            for scoring in scorings_for(model):
+            for scoring in (x for x in scorings_for(model) if x in wanted):
                 res = score_run(folder, scoring, args.samples, args.val_cases, args.max_voxels)
                 print(f"{folder.name} {scoring}: " + ", ".join(f"{k} {v:.3f}" for k, v in res["numbers"].items()),
                       flush=True)
@@ -213,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "steps": res["steps"], "cases": len(res["cases"]), "numbers": res["numbers"]})
     cases = max((r["cases"] for r in records), default=0)
     report = {**stamp(device, args.threads), "title": args.title, "work": str(work), "configs": configs,
-              "seeds": seeds, "samples": args.samples, "val_cases": args.val_cases, "max_voxels": args.max_voxels,
+              "seeds": seeds, "samples": args.samples, "scorings": wanted, "val_cases": args.val_cases, "max_voxels": args.max_voxels,
               "cases": cases, "records": records}
     report["aggregate"] = aggregate(records)
     results = Path(args.results_dir) if args.results_dir else results_dir(device)
