@@ -52,7 +52,9 @@ DenoiseFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.
 class DiffusionConfig:
     """Noise schedule, joint-loss weights, guidance and sampling (presets in ``PRESETS``)."""
 
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"smoke": {"samples": 1}, "cpu": {}, "full": {"inference_steps": 5}}
+    # cpu: one sample; an ensemble of 4 measured no better in Dice nor in uncertainty at 3x the time
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"smoke": {"samples": 1}, "cpu": {"samples": 1},
+                                                    "full": {"inference_steps": 5}}
     num_train_timesteps: int = 1000        # T
     schedule: Literal["linear_beta", "scaled_linear_beta", "cosine"] = "scaled_linear_beta"  # β_t schedule (MONAI name)
     beta_start: float = 0.0015             # β_1 (linear schedules)
