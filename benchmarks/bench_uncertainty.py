@@ -173,7 +173,7 @@ def markdown(report: dict[str, Any]) -> list[str]:
               "error lies. ECE: expected calibration error of the confidence max_c p_c (10 bins; lower is better). "
               "A single pass's uncertainty is the entropy of its probabilities; the ensemble's is the entropy "
               "of the mean of its samples. The blend (`--set diffusion.aux_blend=0.5`) averages one sample's "
-              "probabilities with the aux head's, at the cost of one more decode.")]
+              "probabilities with the aux head's, at the cost of the aux head run once more (condition and decode).")]
     return lines
 
 
