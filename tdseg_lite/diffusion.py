@@ -52,7 +52,7 @@ DenoiseFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.
 class DiffusionConfig:
     """Noise schedule, joint-loss weights, guidance and sampling (presets in ``PRESETS``)."""
 
-    # cpu: one sample; an ensemble of 4 measured no better in Dice nor in uncertainty at 3x the time
+    # cpu: one sample; on the phantom an ensemble of 4 measured no better in Dice nor uncertainty at 3x the time
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"smoke": {"samples": 1}, "cpu": {"samples": 1},
                                                     "full": {"inference_steps": 5}}
     num_train_timesteps: int = 1000        # T
