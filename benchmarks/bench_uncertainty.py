@@ -87,7 +87,8 @@ def score_run(folder: Path, scoring: str, samples: int, val_cases: int, max_voxe
     cache = folder / f"uncertainty_{scoring}.json"
     if cache.is_file():
         stored = json.loads(cache.read_text())
-        if stored.get("settings") == settings:
+        if stored.get("settings") == settings:  # JSON wrote NaN (an undefined AUROC) as null
+            stored["numbers"] = {k: math.nan if v is None else v for k, v in stored["numbers"].items()}
             return stored
     model, plan, ckpt = load_trained(folder, "best", "cpu")
     if changes:
