@@ -25,7 +25,7 @@ from monai.networks.utils import one_hot
 from torch import nn
 
 from tdseg_lite.denoiser import ConditionalDenoiser, DenoiserConfig
-from tdseg_lite.diffusion import DiffusionConfig
+from tdseg_lite.diffusion import DiffusionConfig, entropy
 from tdseg_lite.fusion import CrossModalAttention3d, FusionConfig
 from tdseg_lite.positions import COORD_KEY
 from tdseg_lite.segmenter import (
@@ -85,7 +85,7 @@ class UNetSegmenter(Segmenter):
         probs = self.logits(self._check_image(image), text, coords).softmax(dim=1)
         if not uncertainty:
             return probs
-        return probs, -(probs * probs.clamp_min(1e-12).log()).sum(dim=1, keepdim=True)
+        return probs, entropy(probs)
 
 
 class _FusedBottleneck(nn.Module):

@@ -38,6 +38,7 @@ __all__ = [
     "ddim_step",
     "denoising_target",
     "ensemble_statistics",
+    "entropy",
     "make_scheduler",
     "predicted_x0",
     "sample_timesteps",
@@ -290,6 +291,11 @@ def ddim_sample(denoise: DenoiseFn, noise: torch.Tensor, scheduler: Any, steps: 
     return (result, trajectory) if return_trajectory else result
 
 
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Voxel-wise entropy −Σ_c p_c log p_c of class probabilities: (B, N, ...) -> (B, 1, ...) (nats, >= 0)."""
+    return -(probs * probs.clamp_min(1e-12).log()).sum(dim=1, keepdim=True)
+
+
 def ensemble_statistics(probabilities: torch.Tensor, kind: Literal["entropy", "variance"] = "entropy",
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean prediction and voxel-wise uncertainty of S samples.
@@ -307,7 +313,7 @@ def ensemble_statistics(probabilities: torch.Tensor, kind: Literal["entropy", "v
                              "Stack the per-sample softmax maps along a new first axis.")
     mean = probabilities.mean(dim=0)
     if kind == "entropy":
-        unc = -(mean * mean.clamp_min(1e-12).log()).sum(dim=1, keepdim=True)
+        unc = entropy(mean)
     elif kind == "variance":
         unc = probabilities.var(dim=0, unbiased=False).mean(dim=1, keepdim=True)
     else:

@@ -48,7 +48,7 @@ from tdseg_lite.config import (
     split_keys,
 )
 from tdseg_lite.denoiser import ConditionalDenoiser, DenoiserConfig
-from tdseg_lite.diffusion import DiffusionConfig
+from tdseg_lite.diffusion import DiffusionConfig, entropy
 from tdseg_lite.errors import UserInputError
 from tdseg_lite.fusion import CrossModalAttention3d, FusionConfig
 from tdseg_lite.image_encoder import ImageEncoder, ImageEncoderConfig
@@ -411,7 +411,7 @@ class AuxHeadView(Segmenter):
     def predict(self, image: torch.Tensor, text: Any = None, *, uncertainty: bool = False,
                 coords: torch.Tensor | None = None, **_: Any) -> Any:
         probs = self.model.predict_aux(image, text, coords)
-        return (probs, -(probs * probs.clamp_min(1e-12).log()).sum(1, keepdim=True)) if uncertainty else probs
+        return (probs, entropy(probs)) if uncertainty else probs
 
 
 def build_model(spec: ModelSpec, *, label_ae: LabelAutoencoder | None = None, text_encoder: Any = None,

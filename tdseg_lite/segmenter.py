@@ -36,6 +36,7 @@ from tdseg_lite.diffusion import (
     ddim_sample,
     denoising_target,
     ensemble_statistics,
+    entropy,
     make_scheduler,
     predicted_x0,
     sample_timesteps,
@@ -348,7 +349,7 @@ class DiffusionSegmenter(Segmenter):
         if blend > 0:
             mean = (1.0 - blend) * mean + blend * self.aux_probabilities(feats, text, image)
             if self.dcfg.uncertainty == "entropy":
-                unc = ensemble_statistics(mean[None], "entropy")[1]
+                unc = entropy(mean)
         return (mean, unc) if uncertainty else mean
 
     def aux_probabilities(self, feats: dict[str, Any], text: Any, image: torch.Tensor) -> torch.Tensor:
