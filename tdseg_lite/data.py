@@ -45,12 +45,14 @@ from monai.data import CacheDataset, DataLoader
 
 from tdseg_lite.errors import UserInputError, require
 from tdseg_lite.positions import COORD_KEY, AddCoordinates
+from tdseg_lite.reports import swap_sides
 from tdseg_lite.utils import artifacts_dir, atomic_write_text
 from tdseg_lite.validate import parse_section, read_dataset_json, validate_dataset
 
 __all__ = [
     "BodyMask",
     "DataConfig",
+    "RandMirrorSidesd",
     "default_dataset",
     "ensure_splits",
     "load_datalist",
@@ -90,6 +92,7 @@ class DataConfig:
     augment: bool = True                       # master switch for the random flips/affine/intensity
     flip_prob: float = 0.1                     # per-axis flip probability
     flip_axes: tuple[int, ...] = (1, 2)        # A-P and S-I; axis 0 (R-L) would swap left/right organs
+    mirror_prob: float = 0.0                   # R-L mirror of image + label, "left" <-> "right" in the report
     affine_prob: float = 0.2                   # probability of a small rotation + scaling
     rotate_deg: float = 10.0                   # max rotation per axis (degrees)
     scale_range: float = 0.1                   # max relative zoom
@@ -122,7 +125,7 @@ class DataConfig:
         for name in ("num_samples", "batch_size", "phantom_cases"):
             require(getattr(self, name) >= 1, f"DataConfig.{name}", "must be >= 1",
                     getattr(self, name), "Use e.g. 2.")
-        for name in ("pos_fraction", "flip_prob", "affine_prob", "intensity_prob", "cache_rate"):
+        for name in ("pos_fraction", "flip_prob", "mirror_prob", "affine_prob", "intensity_prob", "cache_rate"):
             require(0.0 <= getattr(self, name) <= 1.0, f"DataConfig.{name}", "must be in [0, 1]",
                     getattr(self, name), "Use e.g. 0.5.")
         require(0.0 <= self.val_fraction < 1.0, "DataConfig.val_fraction", "must be in [0, 1)",
@@ -249,6 +252,33 @@ def _to_types(keys: tuple[str, ...]) -> list[Any]:
     return out
 
 
+class RandMirrorSidesd(mt.RandomizableTransform):
+    """With probability ``prob``: mirror the volume left↔right and say so in its report.
+
+    The image and label are flipped along axis 0 (R-L in the RAS grid) and the words "left" and
+    "right" of ``description`` are exchanged (``reports.swap_sides``), so image, label and report
+    still agree. Every report then comes in two versions that differ only in the side, each with the
+    matching image: the side word is the one thing that tells them apart, which is what lets a
+    text pathway learn to read it (``DataConfig.mirror_prob``; off by default). Real abdomens are not
+    mirror images (liver, spleen): on real CT a mirrored case is a plausible kidney in an
+    implausible body.
+    """
+
+    def __init__(self, keys: tuple[str, ...] = ("image", "label"), prob: float = 0.5) -> None:
+        super().__init__(prob)
+        self.flip = mt.Flipd(keys=keys, spatial_axis=0)
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` with ``keys`` (C, X, Y, Z) flipped on X and its ``description`` side-swapped, or unchanged."""
+        self.randomize(None)
+        if not self._do_transform:
+            return dict(data)
+        out = dict(self.flip(data))
+        if out.get("description"):
+            out["description"] = swap_sides(out["description"])
+        return out
+
+
 def train_transforms(cfg: DataConfig, num_classes: int | None = None) -> mt.Compose:
     """Preprocessing + ``num_samples`` random patches per volume + augmentation.
 
@@ -272,7 +302,8 @@ def train_transforms(cfg: DataConfig, num_classes: int | None = None) -> mt.Comp
         crop = mt.RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=cfg.patch_size,
                                          pos=cfg.pos_fraction, neg=1.0 - cfg.pos_fraction,
                                          num_samples=cfg.num_samples, image_key="image", image_threshold=0.0)
-    chain = _preprocess(cfg, keys[:2]) + [
+    mirror = [RandMirrorSidesd(keys[:2], cfg.mirror_prob)] if cfg.augment and cfg.mirror_prob else []
+    chain = _preprocess(cfg, keys[:2]) + mirror + [
         AddCoordinates(),  # (3, X, Y, Z) in [-1, 1] of the whole volume, before the crop (positions.py)
         crop,
     ]

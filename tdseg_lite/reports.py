@@ -45,6 +45,7 @@ __all__ = [
     "paraphrase",
     "parse_report",
     "report_conditions",
+    "swap_sides",
 ]
 
 SIDES = ("left", "right")
@@ -58,6 +59,7 @@ _TUMOUR_WORDS = r"tumou?rs?|mass(?:es)?|lesions?|neoplasms?|nodules?|cancers?|ca
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*cm")
 _COUNT = re.compile(r"\b(\d+|two|three|four|several)\s+(?:" + _TUMOUR_WORDS + r")\b")
 _SIDE = re.compile(r"\b(left|right)\b")
+_ANY_SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
 _TUMOUR = re.compile(r"\b(?:" + _TUMOUR_WORDS + r")\b")
 _NEGATION = re.compile(r"\b(no|without|normal|unremarkable|healthy|nothing)\b")
 _LOCATION = {"upper pole": re.compile(r"upper pole|superior pole|cranial pole"),
@@ -293,6 +295,23 @@ def paraphrase(description: str | None, rng: random.Random, held_out: bool = Fal
         return description
     styles = HELD_OUT_STYLES if held_out else TRAIN_STYLES
     return render_report(report, styles[rng.randrange(len(styles))], rng)
+
+
+def swap_sides(text: str | None) -> str | None:
+    """``text`` with the words "left" and "right" exchanged (case kept; every other word unchanged).
+
+    Unlike ``KidneyReport.swapped`` this needs no parse, so it works on any report and keeps its
+    phrasing: "A 3 cm mass in the Left kidney; right kidney normal." -> "A 3 cm mass in the Right
+    kidney; left kidney normal." Used with a left↔right mirror of the image (``data.RandMirrorSidesd``).
+    """
+    if text is None:
+        return None
+
+    def flip(m: re.Match[str]) -> str:
+        word = {"left": "right", "right": "left"}[m.group(0).lower()]
+        return word.upper() if m.group(0).isupper() else word.capitalize() if m.group(0)[0].isupper() else word
+
+    return _ANY_SIDE.sub(flip, text)
 
 
 def report_conditions(descriptions: Sequence[str | None], seed: int = 0) -> dict[str, list[str | None]]:
