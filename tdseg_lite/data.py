@@ -14,7 +14,9 @@ and spacing into a RAS volume at ``cfg.spacing``::
       -> CropForegroundd (body: HU > body_threshold_hu, + margin) -> ScaleIntensityRanged
          (HU a_min..a_max -> [0, 1], clipped) -> SpatialPadd (>= patch_size)
 
-Training first gives every voxel its normalised position in the whole volume (``coords``,
+Training may first mirror a volume left↔right and exchange "left" and "right" in its report
+(``RandMirrorSidesd``, ``mirror_prob``, off by default), then gives every voxel its normalised
+position in the whole volume (``coords``,
 ``positions.AddCoordinates``, made per sample, not cached), then draws ``num_samples`` patches per
 volume: by default (``crop_centres="classes"``) ``RandCropByLabelClassesd`` picks the centres per
 class in equal shares (background, kidney, tumour: a third each; it needs ``num_classes``, without

@@ -44,6 +44,7 @@ def test_presets() -> None:
         ({"pos_fraction": -0.1}, r"`DataConfig.pos_fraction` must be in \[0, 1\]"),
         ({"num_samples": 0}, r"`DataConfig.num_samples` must be >= 1, got 0"),
         ({"foreground_margin": -1}, r"`DataConfig.foreground_margin` must be >= 0, got -1"),
+        ({"mirror_prob": 1.5}, r"`DataConfig.mirror_prob` must be in \[0, 1\], got 1.5"),
         ({"flip_axes": (0, 3)}, r"`DataConfig.flip_axes` must be distinct axes among 0, 1, 2, got \(0, 3\)"),
         ({"phantom_task": ""}, r"`DataConfig.phantom_task` must be a non-empty task name"),
         ({"patch": (32, 32, 32)}, r"unknown field 'patch' for DataConfig; did you mean 'patch_size'"),
@@ -189,6 +190,22 @@ def test_train_chain_gives_patches(ipl_case) -> None:
         assert s["image"].dtype == torch.float32 and s["label"].dtype == torch.int64
         assert set(s["label"].unique().tolist()) <= {0, 1, 2} and s["label"].max() > 0  # pos_fraction=1
     pickle.dumps(chain)  # spawn-based DataLoader workers need picklable transforms (no lambdas)
+
+
+def test_mirror_flips_image_and_label_left_right_and_swaps_the_report(ipl_case) -> None:
+    case = data.val_transforms(CFG)(dict(ipl_case, description="A tumour in the left kidney; right kidney normal."))
+    mirrored = data.RandMirrorSidesd(prob=1.0)(case)
+    assert torch.equal(mirrored["image"], case["image"].flip(1)) and torch.equal(mirrored["label"], case["label"].flip(1))
+    assert mirrored["description"] == "A tumour in the right kidney; left kidney normal."
+    kept = data.RandMirrorSidesd(prob=0.0)(case)
+    assert torch.equal(kept["label"], case["label"]) and kept["description"] == case["description"]
+    # in the training chain the mirror comes before the coordinates: they describe the mirrored volume
+    chain = data.train_transforms(replace(CFG, mirror_prob=1.0, flip_prob=0.0, affine_prob=0.0))
+    names = [type(t).__name__ for t in chain.transforms]
+    assert names.index("RandMirrorSidesd") < names.index("AddCoordinates")
+    samples = chain(dict(ipl_case, description="A tumour in the left kidney."))
+    assert all(s["description"] == "A tumour in the right kidney." for s in samples)
+    assert "RandMirrorSidesd" not in [type(t).__name__ for t in data.train_transforms(CFG).transforms]  # off by default
 
 
 def test_datasets_and_loaders(msd_dataset) -> None:

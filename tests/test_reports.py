@@ -20,6 +20,7 @@ from tdseg_lite.reports import (
     parse_report,
     render_report,
     report_conditions,
+    swap_sides,
 )
 
 PHANTOM = [
@@ -94,6 +95,16 @@ def test_report_conditions_on_fixed_strings() -> None:
     assert conds["paraphrase"] != PHANTOM[:4]
     with pytest.raises(UserInputError, match="descriptions"):
         report_conditions("one string")
+
+
+def test_swap_sides_exchanges_whole_words_and_keeps_case() -> None:
+    assert swap_sides("A 3 cm mass in the Left kidney; right kidney normal. LEFT.") == \
+        "A 3 cm mass in the Right kidney; left kidney normal. RIGHT."
+    assert swap_sides("leftover brightness, no side") == "leftover brightness, no side"
+    assert swap_sides(None) is None and swap_sides("") == ""
+    for report in PHANTOM:  # agrees with the parsed swap and is its own inverse
+        assert parse_report(swap_sides(report)) == parse_report(report).swapped()
+        assert swap_sides(swap_sides(report)) == report
 
 
 def test_structured_encoder_tokens() -> None:
