@@ -28,6 +28,7 @@ SUITES: dict[str, tuple[str, str]] = {
     "cli": ("bench_cli.py", "equal budget through tdseg train + evaluate, then the DDIM steps x samples frontier"),
     "quality": ("bench_quality.py", "equal wall-clock quality incl. aux head, one-step and AE ceiling (Python API)"),
     "text": ("bench_text.py", "six report conditions x models x seeds: does the report guide the segmentation"),
+    "side-probe": ("bench_side_probe.py", "can a reader of the frozen text tokens learn the tumour's side (mirror or not)"),
     "ablation": ("bench_ablation.py", "configurations x seeds at equal wall clock: what each switch removes, noise floor"),
     "uncertainty": ("bench_uncertainty.py", "what the sampling buys: voxel uncertainty of ensembles vs one pass"),
     "phantom": ("bench_phantom.py", "phantom generation speed and HU statistics"),
