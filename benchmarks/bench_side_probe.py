@@ -64,8 +64,7 @@ def run(args: argparse.Namespace, mirror: float, seed: int, train: list[str | No
         conditioner: Any) -> dict[str, float]:
     """Train one reader; its accuracy (both bits right) on the test reports under each condition."""
     torch.manual_seed(seed)
-    dim = int(conditioner.null(1, "cpu").tokens.shape[-1])
-    reader = SideReader(dim)
+    reader = SideReader(conditioner.dim)
     opt = torch.optim.AdamW(reader.parameters(), lr=args.lr)
     embed = lambda texts, train_: conditioner.embed(conditioner.prompts(texts, train=train_), len(texts), "cpu")
     for _ in range(args.steps):

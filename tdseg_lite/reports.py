@@ -58,8 +58,7 @@ CONDITIONS = ("right", "none", "other", "swapped", "no_tumour", "paraphrase")
 _TUMOUR_WORDS = r"tumou?rs?|mass(?:es)?|lesions?|neoplasms?|nodules?|cancers?|carcinomas?"
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*cm")
 _COUNT = re.compile(r"\b(\d+|two|three|four|several)\s+(?:" + _TUMOUR_WORDS + r")\b")
-_SIDE = re.compile(r"\b(left|right)\b")
-_ANY_SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+_SIDE = re.compile(r"\b(left|right)\b", re.IGNORECASE)  # the parser reads lower-cased text
 _TUMOUR = re.compile(r"\b(?:" + _TUMOUR_WORDS + r")\b")
 _NEGATION = re.compile(r"\b(no|without|normal|unremarkable|healthy|nothing)\b")
 _LOCATION = {"upper pole": re.compile(r"upper pole|superior pole|cranial pole"),
@@ -311,7 +310,7 @@ def swap_sides(text: str | None) -> str | None:
         word = {"left": "right", "right": "left"}[m.group(0).lower()]
         return word.upper() if m.group(0).isupper() else word.capitalize() if m.group(0)[0].isupper() else word
 
-    return _ANY_SIDE.sub(flip, text)
+    return _SIDE.sub(flip, text)
 
 
 def report_conditions(descriptions: Sequence[str | None], seed: int = 0) -> dict[str, list[str | None]]:
