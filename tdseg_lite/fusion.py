@@ -59,6 +59,9 @@ class FusionConfig:
     zero_init: bool = True       # W_o starts at zero, so z_fused = z_i at initialisation
     attn_dropout: float = 0.0    # dropout on the attention weights while training
     positional: int = 4          # F: Fourier octaves of the voxel position added to the queries (0: none)
+    side_map: bool = False       # a reader of the tokens paints p(lesion) per R-L half onto z_fused (grounding.py)
+    side_weight: float = 1.0     # weight of the reader's BCE to the halves that hold lesion voxels
+    side_axis: int = 0           # the spatial axis split into halves (0: R-L in a RAS grid)
 
     def __post_init__(self) -> None:
         if self.mode not in FUSION_MODES:
@@ -72,6 +75,9 @@ class FusionConfig:
         if isinstance(self.positional, bool) or not isinstance(self.positional, int) or not 0 <= self.positional <= 8:
             raise ConfigError(f"`FusionConfig.positional` must be an integer in [0, 8] (Fourier octaves), got "
                               f"{self.positional!r}. Use 4, or 0 for queries without position.")
+        if self.side_axis not in (0, 1, 2) or not self.side_weight >= 0:
+            raise ConfigError(f"`FusionConfig.side_axis` must be 0, 1 or 2 and side_weight >= 0, got "
+                              f"{(self.side_axis, self.side_weight)}. Use side_axis=0 (R-L), side_weight=1.0.")
         if not 0.0 <= self.attn_dropout < 1.0:
             raise ConfigError(f"`FusionConfig.attn_dropout` must be in [0, 1), got {self.attn_dropout!r}. "
                               "Use 0.0 (no dropout) or e.g. 0.1.")

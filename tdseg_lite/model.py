@@ -51,6 +51,7 @@ from tdseg_lite.denoiser import ConditionalDenoiser, DenoiserConfig
 from tdseg_lite.diffusion import DiffusionConfig, entropy
 from tdseg_lite.errors import UserInputError
 from tdseg_lite.fusion import CrossModalAttention3d, FusionConfig
+from tdseg_lite.grounding import SideReader, half_targets, side_loss, side_map
 from tdseg_lite.image_encoder import ImageEncoder, ImageEncoderConfig
 from tdseg_lite.label_ae import LabelAEConfig, LabelAutoencoder, train_label_autoencoder
 from tdseg_lite.positions import COORD_KEY
@@ -262,6 +263,16 @@ class TextDiffSeg(DiffusionSegmenter):
         else:
             self.image_encoder, c, skip_ch, feature_channels = None, in_ch * f**3, in_ch, ()
         self.fusion = CrossModalAttention3d(c, text.dim, spec.fusion) if text is not None else None
+        self.side_reader: SideReader | None = None
+        if spec.fusion.side_map:  # the report's side as a map on the latent grid (grounding.py)
+            if text is None or not cfg.coordinates:
+                raise ConfigError("`FusionConfig.side_map` needs the text pathway and the voxel coordinates, got "
+                                  f"text_fusion={cfg.text_fusion}, coordinates={cfg.coordinates}. Turn both on "
+                                  "or set fusion.side_map=false.")
+            self.side_reader = SideReader(text.dim)
+            self.side_mix = nn.Conv3d(c + 1, c, kernel_size=1)  # [z_fused, m] -> a residual on z_fused, starts at 0
+            nn.init.zeros_(self.side_mix.weight)
+            nn.init.zeros_(self.side_mix.bias)
         self.aux_condition = cfg.aux_condition and cfg.aux_head and cfg.image_features
         self.aux_residual = self.aux_condition and cfg.aux_residual and spec.diffusion.prediction_type == "sample"
         self.denoiser = ConditionalDenoiser(k, c + (k if self.aux_condition else 0),
@@ -298,33 +309,42 @@ class TextDiffSeg(DiffusionSegmenter):
 
     def image_features(self, image: torch.Tensor, coords: torch.Tensor | None = None) -> dict[str, Any]:
         """E_img(x) without the aux head: ``{"latent" (B, c, d, h, w), "features" [1/f, 1/2f], "skip",
-        "positions" (B, 3, d, h, w)}``; ``coords`` (B, 3, D, H, W) are the voxels' volume coordinates."""
+        "positions" (B, 3, d, h, w), "coords" (B, 3, D, H, W)}``; ``coords`` are the voxels' volume
+        coordinates (``None``: ``image`` is the whole volume)."""
         x = self.model_input(image, coords)
-        positions = None
+        positions = voxel_coords = None
         if self.uses_coordinates:  # the coordinates pooled to the latent grid: where each latent voxel is
-            positions = F.avg_pool3d(x[:, 1:], self.factor)
+            voxel_coords = x[:, 1:]
+            positions = F.avg_pool3d(voxel_coords, self.factor)
+        out = {"positions": positions, "coords": voxel_coords}
         if self.image_encoder is None:
-            return {"latent": pixelunshuffle(x, 3, self.factor), "features": [], "skip": x, "positions": positions}
+            return {"latent": pixelunshuffle(x, 3, self.factor), "features": [], "skip": x, **out}
         latent, features = self.image_encoder.encode(x)
         scale = int(math.log2(self.factor))
-        return {"latent": latent, "features": list(features[scale:]), "skip": features[0], "positions": positions}
+        return {"latent": latent, "features": list(features[scale:]), "skip": features[0], **out}
 
     def condition(self, feats: dict[str, Any], emb: TextEmbedding | None) -> dict[str, Any]:
         """z_fused = CMA(z_i, z_t) (Eq. CMA), the aux head on it, and what the denoiser reads.
 
         The aux head reads the *fused* latent, so the report reaches the one-shot segmentation too;
         the denoiser gets z_fused ⊕ the detached aux latent, the tokens, the pooled text and the
-        multi-scale image features.
+        multi-scale image features. With ``fusion.side_map`` the reader's side map m joins z_fused
+        first: z_fused += W_m [z_fused, m] (``grounding.py``).
         """
-        fused = feats["latent"]
+        fused, side_logits = feats["latent"], None
         if self.fusion is not None and emb is not None:
             fused = self.fusion(fused, emb.tokens, emb.mask, positions=feats["positions"])
+        if self.side_reader is not None and emb is not None:  # m: the report's side on the latent grid
+            side_logits = self.side_reader(emb.tokens, emb.mask)
+            axis = self.spec.fusion.side_axis
+            m = side_map(side_logits, feats["positions"][:, axis:axis + 1])
+            fused = fused + self.side_mix(torch.cat([fused, m], dim=1))
         aux = self.image_encoder.aux_head(fused) if self.image_encoder is not None and \
             self.image_encoder.aux_head is not None else None
         cond = torch.cat([fused, aux.detach()], dim=1) if self.aux_condition else fused
         return {"cond": cond, "aux_latent": aux, "aux": aux.detach() if self.aux_residual else None,
                 "features": feats["features"], "tokens": None if emb is None else emb.tokens,
-                "pooled": None if emb is None else emb.pooled}
+                "pooled": None if emb is None else emb.pooled, "side_logits": side_logits}
 
     def denoise(self, z_t: torch.Tensor, t: torch.Tensor, cond: dict[str, Any],
                 x0_prev: torch.Tensor | None = None) -> torch.Tensor:
@@ -341,7 +361,8 @@ class TextDiffSeg(DiffusionSegmenter):
 
     # --- training and the aux head -----------------------------------------------------------------
     def loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Joint loss: Dice + CE on D(ẑ0) + λ·MSE + aux Dice + CE + aux latent MSE (weights in ``DiffusionConfig``)."""
+        """Joint loss: Dice + CE on D(ẑ0) + λ·MSE + aux Dice + CE + aux latent MSE (weights in ``DiffusionConfig``)
+        [+ the side reader's BCE with ``fusion.side_map``]."""
         device, cfg = self.device(), self.dcfg
         image, labels = self._check_image(batch["image"]).to(device), as_plain(batch["label"]).to(device)
         z0 = self.encode_labels(labels)                                  # 1. z_l^(0) = E_lab(y), frozen
@@ -356,7 +377,12 @@ class TextDiffSeg(DiffusionSegmenter):
             idx = self.decode_subset(image.shape[0]).to(device)          #    Dice + CE of D(ẑ_aux) on a subset
             terms["aux_seg"] = self.seg_loss(self.decode(aux[idx], feats["skip"][idx]), labels[idx])
             total = total + cfg.aux_latent_weight * terms["aux_mse"] + cfg.aux_weight * terms["aux_seg"]
-        return {"loss": total, **{k: v.detach() for k, v in terms.items()}}  # 7. the total and each term (logged)
+        if cond["side_logits"] is not None:                              # 7. the side reader: BCE to the halves
+            axis = self.spec.fusion.side_axis                            #    of the patch that hold the lesion
+            targets = half_targets(labels, feats["coords"][:, axis:axis + 1], self.num_classes - 1)
+            terms["side"] = side_loss(cond["side_logits"], targets)
+            total = total + self.spec.fusion.side_weight * terms["side"]
+        return {"loss": total, **{k: v.detach() for k, v in terms.items()}}  # 8. the total and each term (logged)
 
     def set_sampling_start(self, start: str | None = None, start_timestep: int | None = None) -> None:
         """Where DDIM sampling starts: ``"noise"`` (N(0, I) at T) or ``"aux"`` (SDEdit-style).
