@@ -6,8 +6,8 @@
 A probe, not the segmenter: a small classifier reads the cached token states of each phantom
 report (the same prompts ``tdseg train`` builds: label template + description, half of them
 paraphrased) and predicts two bits, "tumour in the left kidney", "tumour in the right kidney".
-Its reader is one pre-norm self-attention layer over the tokens (width 64) and attention pooling
-with a learned query, then a linear layer. It trains on the phantom's training reports and is
+Its reader is the package's ``grounding.SideReader``: one pre-norm self-attention layer over the
+tokens (width 64) and attention pooling with a learned query, then a linear layer. It trains on the phantom's training reports and is
 scored on the 24 reports of the test phantom under three conditions: the right report, the
 report with left and right swapped (its target swapped too), and an unseen paraphrase.
 
@@ -28,29 +28,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import results_dir, stamp, title, write_report
 
+from tdseg_lite.grounding import SideReader
 from tdseg_lite.reports import parse_report, report_conditions, swap_sides
-
-
-class SideReader(nn.Module):
-    """Token states (B, L, d_text) + mask (B, L) -> logits (B, 2) of (left tumour, right tumour)."""
-
-    def __init__(self, text_dim: int, width: int = 64) -> None:
-        super().__init__()
-        self.to_width = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, width))
-        self.layer = nn.TransformerEncoderLayer(width, 4, 2 * width, dropout=0.0, batch_first=True, norm_first=True)
-        self.query = nn.Parameter(torch.randn(width) / width**0.5)
-        self.head = nn.Linear(width, 2)
-
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = self.layer(self.to_width(tokens), src_key_padding_mask=~mask.bool())
-        weights = (x @ self.query).masked_fill(~mask.bool(), float("-inf")).softmax(dim=-1)  # (B, L)
-        return self.head((weights[..., None] * x).sum(dim=1))
 
 
 def sides(description: str | None) -> list[float]:

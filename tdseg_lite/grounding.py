@@ -12,24 +12,33 @@ module gives the side a short path into the segmenter:
    half b: one channel on the latent grid that says, per voxel, "the report puts a lesion on this side";
 3. ``TextDiffSeg`` mixes m into z_fused (a zero-initialised 1×1×1 convolution of [z_fused, m]), so
    the aux head and the denoiser both read it;
-4. the reader learns from the labels: ``half_targets`` says which halves of the training patch
-   hold lesion voxels, and a BCE between s and that target joins the joint loss
-   (``FusionConfig.side_weight``). No parser and no left/right convention: the reader learns which
-   words go with which half from the image-label pairs (mirroring, ``data.mirror_prob``, shows it
-   reports that differ only in the side word).
+4. the reader learns from the labels, not from a parser: ``half_targets`` says which halves of a
+   label volume hold lesion voxels. ``pretrain_side_reader`` trains it on the training cases'
+   (report, halves) pairs before the joint phase (paraphrased as in training, and mirrored: the
+   report with "left" and "right" exchanged goes with the halves exchanged, so the side word is the
+   only thing that tells a report from its mirror); the joint phase then keeps it frozen. With
+   ``FusionConfig.side_pretrain_steps = 0`` it learns inside the joint loss instead, by a BCE to
+   the halves of each training patch (``FusionConfig.side_weight``). No left/right convention is
+   built in: which word goes with which half is learnt from the labels.
 
 Explained in notebooks/06_ablations.ipynb (§7, the side of the report)
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tdseg_lite.errors import UserInputError
+from tdseg_lite.positions import volume_coordinates
+from tdseg_lite.reports import swap_sides
 
-__all__ = ["SideReader", "half_targets", "side_loss", "side_map"]
+__all__ = ["SideReader", "half_targets", "pretrain_side_reader", "side_loss", "side_map", "volume_half_targets"]
 
 
 class SideReader(nn.Module):
@@ -86,3 +95,57 @@ def half_targets(labels: torch.Tensor, coords: torch.Tensor, lesion_class: int) 
 def side_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """BCE between the reader's logits (B, 2) and ``half_targets`` (B, 2)."""
     return F.binary_cross_entropy_with_logits(logits, targets)
+
+
+def volume_half_targets(volume: torch.Tensor, axis: int, lesion_class: int) -> torch.Tensor:
+    """(2,) 0/1 ``half_targets`` of one whole label volume (X, Y, Z), split along ``axis``."""
+    coords = volume_coordinates(volume.shape, volume.device)[axis]
+    return half_targets(volume[None, None], coords[None, None], lesion_class)[0]
+
+
+def pretrain_side_reader(reader: SideReader, text: Any, descriptions: Sequence[str | None], targets: torch.Tensor,
+                         *, steps: int = 800, batch: int = 8, mirror: float = 0.5, null_prob: float = 0.1,
+                         lr: float = 1e-3, seed: int = 0) -> dict[str, float]:
+    """Teach ``reader`` which halves each training report puts a lesion in; returns a summary.
+
+    Args:
+        reader: the model's ``SideReader`` (trained in place, on the CPU).
+        text: the model's ``TextConditioner`` (training prompts: template + paraphrased report).
+        descriptions: the training cases' reports (``None``: no report).
+        targets: (N, 2) ``volume_half_targets`` of the same cases.
+        steps, batch: optimiser steps and reports per step.
+        mirror: share of reports whose "left"/"right" are exchanged, their targets exchanged with them.
+        null_prob: share replaced by the null prompt (the reader then learns the training prior).
+        lr, seed: AdamW learning rate; seed of the draws.
+
+    Returns:
+        ``{"steps", "seconds", "loss", "accuracy"}``: the last 50 steps' mean BCE and the share of the
+        training reports (unmirrored, not paraphrased) whose two halves the reader gets right.
+    """
+    if len(descriptions) != len(targets) or not len(descriptions):
+        raise UserInputError(f"`descriptions` and `targets` must be non-empty and of one length, got "
+                             f"{len(descriptions)} and {len(targets)}. Pass one (2,) target per training case.")
+    start, gen = time.perf_counter(), torch.Generator().manual_seed(seed)
+    device = next(reader.parameters()).device
+    targets = targets.float().to(device)
+    opt = torch.optim.AdamW(reader.parameters(), lr=lr)
+    reader.train()
+    losses = []
+    for _ in range(steps):
+        idx = torch.randint(0, len(descriptions), (batch,), generator=gen).tolist()
+        flip = (torch.rand(batch, generator=gen) < mirror).tolist()
+        reports = [swap_sides(descriptions[i]) if f and descriptions[i] else descriptions[i] for i, f in zip(idx, flip)]
+        goal = torch.stack([targets[i].flip(0) if f else targets[i] for i, f in zip(idx, flip)])
+        emb = text.drop(text.embed(text.prompts(reports, train=True), batch, device), null_prob, gen)
+        loss = side_loss(reader(emb.tokens, emb.mask), goal)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    reader.eval()
+    with torch.no_grad():
+        emb = text.embed(text.prompts(list(descriptions)), len(descriptions), device)
+        right = ((reader(emb.tokens, emb.mask) > 0).float() == targets).all(dim=1).float().mean()
+    tail = losses[-50:]
+    return {"steps": steps, "seconds": round(time.perf_counter() - start, 2), "loss": sum(tail) / len(tail),
+            "accuracy": float(right)}

@@ -51,7 +51,14 @@ from tdseg_lite.denoiser import ConditionalDenoiser, DenoiserConfig
 from tdseg_lite.diffusion import DiffusionConfig, entropy
 from tdseg_lite.errors import UserInputError
 from tdseg_lite.fusion import CrossModalAttention3d, FusionConfig
-from tdseg_lite.grounding import SideReader, half_targets, side_loss, side_map
+from tdseg_lite.grounding import (
+    SideReader,
+    half_targets,
+    pretrain_side_reader,
+    side_loss,
+    side_map,
+    volume_half_targets,
+)
 from tdseg_lite.image_encoder import ImageEncoder, ImageEncoderConfig
 from tdseg_lite.label_ae import LabelAEConfig, LabelAutoencoder, train_label_autoencoder
 from tdseg_lite.positions import COORD_KEY
@@ -270,6 +277,8 @@ class TextDiffSeg(DiffusionSegmenter):
                                   f"text_fusion={cfg.text_fusion}, coordinates={cfg.coordinates}. Turn both on "
                                   "or set fusion.side_map=false.")
             self.side_reader = SideReader(text.dim)
+            if spec.fusion.side_pretrain_steps:  # taught before the joint phase (pretrain_side), then frozen
+                self.side_reader.requires_grad_(False)
             self.side_mix = nn.Conv3d(c + 1, c, kernel_size=1)  # [z_fused, m] -> a residual on z_fused, starts at 0
             nn.init.zeros_(self.side_mix.weight)
             nn.init.zeros_(self.side_mix.bias)
@@ -295,6 +304,22 @@ class TextDiffSeg(DiffusionSegmenter):
                                           seed=seed)
         self.label_ae.requires_grad_(False).eval()
         return history
+
+    def pretrain_side(self, descriptions: Sequence[str | None], label_volumes: Sequence[torch.Tensor], *,
+                      seed: int = 0) -> dict[str, float] | None:
+        """Teach the side reader (``fusion.side_map``) on the training cases' reports and label volumes
+        (X, Y, Z), then freeze it; ``None`` when the model has no reader or learns it jointly."""
+        fcfg = self.spec.fusion
+        if self.side_reader is None or not fcfg.side_pretrain_steps:
+            return None
+        targets = torch.stack([volume_half_targets(torch.as_tensor(v), fcfg.side_axis, self.num_classes - 1)
+                               for v in label_volumes])
+        self.side_reader.requires_grad_(True)
+        try:
+            return pretrain_side_reader(self.side_reader, self.text, descriptions, targets,
+                                        steps=fcfg.side_pretrain_steps, seed=seed)
+        finally:
+            self.side_reader.requires_grad_(False)
 
     # --- the parts -------------------------------------------------------------------------------
     def encode_labels(self, labels: torch.Tensor) -> torch.Tensor:
@@ -377,9 +402,9 @@ class TextDiffSeg(DiffusionSegmenter):
             idx = self.decode_subset(image.shape[0]).to(device)          #    Dice + CE of D(ẑ_aux) on a subset
             terms["aux_seg"] = self.seg_loss(self.decode(aux[idx], feats["skip"][idx]), labels[idx])
             total = total + cfg.aux_latent_weight * terms["aux_mse"] + cfg.aux_weight * terms["aux_seg"]
-        if cond["side_logits"] is not None:                              # 7. the side reader: BCE to the halves
-            axis = self.spec.fusion.side_axis                            #    of the patch that hold the lesion
-            targets = half_targets(labels, feats["coords"][:, axis:axis + 1], self.num_classes - 1)
+        if cond["side_logits"] is not None and not self.spec.fusion.side_pretrain_steps:  # 7. a side reader that
+            axis = self.spec.fusion.side_axis                            #    learns jointly: BCE to the halves of
+            targets = half_targets(labels, feats["coords"][:, axis:axis + 1], self.num_classes - 1)  # the patch
             terms["side"] = side_loss(cond["side_logits"], targets)
             total = total + self.spec.fusion.side_weight * terms["side"]
         return {"loss": total, **{k: v.detach() for k, v in terms.items()}}  # 8. the total and each term (logged)

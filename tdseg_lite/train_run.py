@@ -143,7 +143,8 @@ class _Saver:
 
 def _pretrain_phase(net: torch.nn.Module, data: Mapping[str, Any], plan: RunPlan,
                     info: DistInfo) -> tuple[float, dict[str, Any] | None]:
-    """TextDiffSeg's label-AE phase on rank 0 (cached or trained: ``label_cache``), then broadcast.
+    """TextDiffSeg's label-AE phase (cached or trained: ``label_cache``) and, with ``fusion.side_map``,
+    the side reader's, on rank 0, then broadcast.
 
     Returns:
         ``(seconds of the phase on this rank, config.json's "label_ae" entry or None without an AE)``.
@@ -161,6 +162,12 @@ def _pretrain_phase(net: torch.nn.Module, data: Mapping[str, Any], plan: RunPlan
         what = (f"reused {res.path}" if res.reused else
                 f"trained {res.steps} steps" + (f", cached in {res.path}" if res.path else ""))
         print(f"label AE: {what} ({res.seconds:.1f} s)", file=sys.stderr)
+        side = net.pretrain_side([item.get("description") for item in data["train"].data], volumes,
+                                 seed=plan.train.seed)
+        if side is not None:  # fusion.side_map: the report reader, taught on (report, label halves) pairs
+            summary["side_reader"] = side
+            print(f"side reader: {side['steps']} steps, {side['accuracy']:.2f} of the training reports' halves "
+                  f"right ({side['seconds']:.1f} s)", file=sys.stderr)
     broadcast_module(net, info)
     seconds = time.perf_counter() - start
     if summary is not None:
