@@ -60,6 +60,7 @@ class FusionConfig:
     attn_dropout: float = 0.0    # dropout on the attention weights while training
     positional: int = 4          # F: Fourier octaves of the voxel position added to the queries (0: none)
     side_map: bool = False       # a reader of the tokens paints p(lesion) per R-L half onto z_fused (grounding.py)
+    side_prior: bool = False     # with side_map: log m added to the lesion logit of every decoded prediction
     side_pretrain_steps: int = 800  # reader steps on (report, halves) pairs before the joint phase, then frozen
     side_weight: float = 1.0     # with side_pretrain_steps=0: weight of the joint BCE to the patch's halves
     side_axis: int = 0           # the spatial axis split into halves (0: R-L in a RAS grid)
@@ -80,6 +81,9 @@ class FusionConfig:
             raise ConfigError(f"`FusionConfig.side_axis` must be 0, 1 or 2, side_weight >= 0 and side_pretrain_steps "
                               f">= 0, got {(self.side_axis, self.side_weight, self.side_pretrain_steps)}. Use "
                               "side_axis=0 (R-L), side_weight=1.0, side_pretrain_steps=800.")
+        if self.side_prior and not self.side_map:
+            raise ConfigError("`FusionConfig.side_prior` needs the side reader, got side_map=False. Set "
+                              "fusion.side_map=true too, or side_prior=false.")
         if not 0.0 <= self.attn_dropout < 1.0:
             raise ConfigError(f"`FusionConfig.attn_dropout` must be in [0, 1), got {self.attn_dropout!r}. "
                               "Use 0.0 (no dropout) or e.g. 0.1.")

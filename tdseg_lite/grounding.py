@@ -115,7 +115,8 @@ def pretrain_side_reader(reader: SideReader, text: Any, descriptions: Sequence[s
         targets: (N, 2) ``volume_half_targets`` of the same cases.
         steps, batch: optimiser steps and reports per step.
         mirror: share of reports whose "left"/"right" are exchanged, their targets exchanged with them.
-        null_prob: share replaced by the null prompt (the reader then learns the training prior).
+        null_prob: share shown without a report (half the label names only, half the null prompt):
+            the reader then learns the training prior for them.
         lr, seed: AdamW learning rate; seed of the draws.
 
     Returns:
@@ -134,9 +135,12 @@ def pretrain_side_reader(reader: SideReader, text: Any, descriptions: Sequence[s
     for _ in range(steps):
         idx = torch.randint(0, len(descriptions), (batch,), generator=gen).tolist()
         flip = (torch.rand(batch, generator=gen) < mirror).tolist()
-        reports = [swap_sides(descriptions[i]) if f and descriptions[i] else descriptions[i] for i, f in zip(idx, flip)]
+        blank = (torch.rand(batch, generator=gen) < null_prob / 2).tolist()  # label names only, no report
+        reports = [None if b else swap_sides(descriptions[i]) if f and descriptions[i] else descriptions[i]
+                   for i, f, b in zip(idx, flip, blank)]
         goal = torch.stack([targets[i].flip(0) if f else targets[i] for i, f in zip(idx, flip)])
-        emb = text.drop(text.embed(text.prompts(reports, train=True), batch, device), null_prob, gen)
+        emb = text.embed(text.prompts(reports, train=True), batch, device)
+        emb = text.drop(emb, null_prob / 2, gen)  # and the null prompt of the guidance dropout
         loss = side_loss(reader(emb.tokens, emb.mask), goal)
         opt.zero_grad()
         loss.backward()

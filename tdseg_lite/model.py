@@ -271,7 +271,7 @@ class TextDiffSeg(DiffusionSegmenter):
             self.image_encoder, c, skip_ch, feature_channels = None, in_ch * f**3, in_ch, ()
         self.fusion = CrossModalAttention3d(c, text.dim, spec.fusion) if text is not None else None
         self.side_reader: SideReader | None = None
-        if spec.fusion.side_map:  # the report's side as a map on the latent grid (grounding.py)
+        if spec.fusion.side_map:
             if text is None or not cfg.coordinates:
                 raise ConfigError("`FusionConfig.side_map` needs the text pathway and the voxel coordinates, got "
                                   f"text_fusion={cfg.text_fusion}, coordinates={cfg.coordinates}. Turn both on "
@@ -364,12 +364,30 @@ class TextDiffSeg(DiffusionSegmenter):
             axis = self.spec.fusion.side_axis
             m = side_map(side_logits, feats["positions"][:, axis:axis + 1])
             fused = fused + self.side_mix(torch.cat([fused, m], dim=1))
+        prior = self.side_prior(side_logits, feats) if side_logits is not None else None
         aux = self.image_encoder.aux_head(fused) if self.image_encoder is not None and \
             self.image_encoder.aux_head is not None else None
         cond = torch.cat([fused, aux.detach()], dim=1) if self.aux_condition else fused
         return {"cond": cond, "aux_latent": aux, "aux": aux.detach() if self.aux_residual else None,
                 "features": feats["features"], "tokens": None if emb is None else emb.tokens,
-                "pooled": None if emb is None else emb.pooled, "side_logits": side_logits}
+                "pooled": None if emb is None else emb.pooled, "side_logits": side_logits, "prior": prior}
+
+    def side_prior(self, side_logits: torch.Tensor, feats: dict[str, Any]) -> torch.Tensor | None:
+        """log m at full resolution, (B, 1, D, H, W), with ``fusion.side_prior``; else ``None``.
+
+        Added to the lesion logit, it leaves a voxel where the report puts a lesion (m ≈ 1, log m ≈ 0)
+        to the image and suppresses one where the report says that half has none (m ≈ 0).
+        """
+        if not self.spec.fusion.side_prior:
+            return None
+        axis = self.spec.fusion.side_axis
+        return torch.log(side_map(side_logits, feats["coords"][:, axis:axis + 1]).clamp_min(1e-4))
+
+    def report_prior(self, feats: dict[str, Any], text: Any, image: torch.Tensor) -> torch.Tensor | None:
+        if self.side_reader is None or not self.spec.fusion.side_prior:
+            return None
+        emb = self.text.embed(text, image.shape[0], image.device)
+        return self.side_prior(self.side_reader(emb.tokens, emb.mask), feats)
 
     def denoise(self, z_t: torch.Tensor, t: torch.Tensor, cond: dict[str, Any],
                 x0_prev: torch.Tensor | None = None) -> torch.Tensor:
@@ -400,7 +418,8 @@ class TextDiffSeg(DiffusionSegmenter):
         if aux is not None:                                              # 6. the aux head's own terms:
             terms["aux_mse"] = F.mse_loss(aux, z0)                       #    latent MSE to z_l^(0)
             idx = self.decode_subset(image.shape[0]).to(device)          #    Dice + CE of D(ẑ_aux) on a subset
-            terms["aux_seg"] = self.seg_loss(self.decode(aux[idx], feats["skip"][idx]), labels[idx])
+            prior = None if cond["prior"] is None else cond["prior"][idx]
+            terms["aux_seg"] = self.seg_loss(self.add_prior(self.decode(aux[idx], feats["skip"][idx]), prior), labels[idx])
             total = total + cfg.aux_latent_weight * terms["aux_mse"] + cfg.aux_weight * terms["aux_seg"]
         if cond["side_logits"] is not None and not self.spec.fusion.side_pretrain_steps:  # 7. a side reader that
             axis = self.spec.fusion.side_axis                            #    learns jointly: BCE to the halves of
@@ -437,11 +456,11 @@ class TextDiffSeg(DiffusionSegmenter):
     def aux_probabilities(self, feats: dict[str, Any], text: Any, image: torch.Tensor) -> torch.Tensor:
         """softmax(D(ẑ_aux)) (B, N, D, H, W) from ``image_features(image)`` and the report ``text``."""
         emb = None if self.text is None else self.text.embed(text, image.shape[0], image.device)
-        aux = self.condition(feats, emb)["aux_latent"]
-        if aux is None:
+        cond = self.condition(feats, emb)
+        if cond["aux_latent"] is None:
             raise ConfigError("`ModelConfig.aux_head` must be True (with image_features) for the aux head's "
                               "prediction, got no aux head. Build the model with aux_head=True.")
-        return self.decode(aux, feats["skip"]).softmax(dim=1)
+        return self.add_prior(self.decode(cond["aux_latent"], feats["skip"]), cond["prior"]).softmax(dim=1)
 
     @torch.no_grad()
     def ceiling(self, image: torch.Tensor, labels: torch.Tensor, coords: torch.Tensor | None = None) -> torch.Tensor:

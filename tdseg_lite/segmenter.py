@@ -239,6 +239,16 @@ class DiffusionSegmenter(Segmenter):
         """One denoiser call: (B, k, ...) -> ε̂, ẑ0 or v̂."""
         raise NotImplementedError
 
+    def report_prior(self, feats: dict[str, Any], text: Any, image: torch.Tensor) -> torch.Tensor | None:
+        """log P(lesion in this voxel's region | report), (B, 1, D, H, W), added to the lesion logit of the
+        decoded prediction (``add_prior``); ``None`` (the default): the report sets no prior."""
+        return None
+
+    @staticmethod
+    def add_prior(logits: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+        """Logits (B, N, D, H, W) with ``prior`` (B, 1, D, H, W) added to the last class (the lesion)."""
+        return logits if prior is None else torch.cat([logits[:, :-1], logits[:, -1:] + prior], dim=1)
+
     # --- training ------------------------------------------------------------------------------
     def text_embedding(self, batch: Mapping[str, Any], size: int, train: bool) -> TextEmbedding | None:
         """The batch's prompt embeddings, with the guidance dropout while training."""
@@ -270,7 +280,9 @@ class DiffusionSegmenter(Segmenter):
             idx = self.decode_subset(z0.shape[0]).to(z0.device)                       # 6. decode_fraction of the batch
             x0_hat = predicted_x0(sched, out, z_noisy, t, cfg.prediction_type)        # 7. ẑ0 from the output
             # 8. Dice + CE of the decoded ẑ0 against the labels
-            terms["seg"] = self.seg_loss(self.decode(x0_hat[idx], None if skip is None else skip[idx]), labels[idx])
+            logits = self.decode(x0_hat[idx], None if skip is None else skip[idx])
+            prior = cond.get("prior")                                                 #    (+ the report's prior)
+            terms["seg"] = self.seg_loss(self.add_prior(logits, None if prior is None else prior[idx]), labels[idx])
         return terms
 
     # --- sampling ------------------------------------------------------------------------------
@@ -341,9 +353,10 @@ class DiffusionSegmenter(Segmenter):
         if samples < 1:
             raise UserInputError(f"`samples` must be >= 1, got {samples}. Use 1, or e.g. 5 for an uncertainty map.")
         feats, probs = self.image_features(image, coords), []
+        prior = self.report_prior(feats, text, image)
         for _ in range(samples):
             z = self.sample(image, text, steps=steps, guidance=guidance, eta=eta, generator=generator, feats=feats)
-            probs.append(self.decode(z, feats["skip"]).softmax(dim=1))
+            probs.append(self.add_prior(self.decode(z, feats["skip"]), prior).softmax(dim=1))
         mean, unc = ensemble_statistics(torch.stack(probs), self.dcfg.uncertainty)
         blend = self.dcfg.aux_blend
         if blend > 0:
