@@ -139,8 +139,16 @@ def worker(args: argparse.Namespace) -> int:
         res = cached_label_autoencoder(dcfg, root, model.label_ae.cfg, seed=0)
         model.label_ae.load_state_dict(res.model.state_dict())
         ae = {"source": res.source, "seconds": res.seconds}
+    side: dict[str, Any] = {"seconds": 0.0}
     start = time.perf_counter()
-    history = fit(model, loader, tcfg, max_seconds=args.minutes * 60, max_steps=10**9)
+    if getattr(model, "side_reader", None) is not None:  # fusion.side_map: its reader's phase counts in the budget
+        from tdseg_lite.label_cache import training_label_volumes
+
+        items = train_ds.data
+        taught = model.pretrain_side([e.get("description") for e in items], training_label_volumes(dcfg, items),
+                                     seed=args.seed)
+        side = {**(taught or {}), "seconds": time.perf_counter() - start}
+    history = fit(model, loader, tcfg, max_seconds=args.minutes * 60 - side["seconds"], max_steps=10**9)
     train_seconds = time.perf_counter() - start
     model.eval()
     conds = report_conditions([e.get("description") for e in entries], seed=args.seed)
@@ -175,7 +183,7 @@ def worker(args: argparse.Namespace) -> int:
                 "side_fraction": _mean([r["side_fraction"] for r in rows]), "cases": rows}
     torch.save({"spec": spec.to_dict(), "state_dict": model.state_dict()}, Path(args.result).with_suffix(".pt"))
     result = {"label": label, "model": name, "sets": sets, "seed": args.seed, "train_seconds": train_seconds,
-              "steps": history["steps"], "label_ae": ae, "sampler": sampler,
+              "steps": history["steps"], "label_ae": ae, "side_reader": side, "sampler": sampler,
               "seconds_per_case": sum(seconds) / len(seconds), "scores": scores}
     Path(args.result).write_text(json.dumps(result, indent=1, default=float) + "\n")
     right = scores["model/right"]

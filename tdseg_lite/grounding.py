@@ -146,6 +146,7 @@ def pretrain_side_reader(reader: SideReader, text: Any, descriptions: Sequence[s
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
+    reader.zero_grad(set_to_none=True)
     reader.eval()
     with torch.no_grad():
         emb = text.embed(text.prompts(list(descriptions)), len(descriptions), device)

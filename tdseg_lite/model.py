@@ -279,6 +279,7 @@ class TextDiffSeg(DiffusionSegmenter):
             self.side_reader = SideReader(text.dim)
             if spec.fusion.side_pretrain_steps:  # taught before the joint phase (pretrain_side), then frozen
                 self.side_reader.requires_grad_(False)
+            self.register_buffer("side_taught", torch.tensor(not spec.fusion.side_pretrain_steps))
             self.side_mix = nn.Conv3d(c + 1, c, kernel_size=1)  # [z_fused, m] -> a residual on z_fused, starts at 0
             nn.init.zeros_(self.side_mix.weight)
             nn.init.zeros_(self.side_mix.bias)
@@ -316,10 +317,12 @@ class TextDiffSeg(DiffusionSegmenter):
                                for v in label_volumes])
         self.side_reader.requires_grad_(True)
         try:
-            return pretrain_side_reader(self.side_reader, self.text, descriptions, targets,
-                                        steps=fcfg.side_pretrain_steps, seed=seed)
+            summary = pretrain_side_reader(self.side_reader, self.text, descriptions, targets,
+                                           steps=fcfg.side_pretrain_steps, seed=seed)
         finally:
             self.side_reader.requires_grad_(False)
+        self.side_taught.fill_(True)
+        return summary
 
     # --- the parts -------------------------------------------------------------------------------
     def encode_labels(self, labels: torch.Tensor) -> torch.Tensor:
@@ -407,6 +410,10 @@ class TextDiffSeg(DiffusionSegmenter):
         """Joint loss: Dice + CE on D(ẑ0) + λ·MSE + aux Dice + CE + aux latent MSE (weights in ``DiffusionConfig``)
         [+ the side reader's BCE with ``fusion.side_map``]."""
         device, cfg = self.device(), self.dcfg
+        if self.side_reader is not None and not bool(self.side_taught):
+            raise ConfigError("`fusion.side_map` with side_pretrain_steps > 0 needs the side reader taught before the "
+                              "joint phase, got an untaught reader. Call model.pretrain_side(descriptions, "
+                              "label_volumes) first (tdseg train does), or set fusion.side_pretrain_steps=0.")
         image, labels = self._check_image(batch["image"]).to(device), as_plain(batch["label"]).to(device)
         z0 = self.encode_labels(labels)                                  # 1. z_l^(0) = E_lab(y), frozen
         feats = self.image_features(image, batch.get(COORD_KEY))        # 2. z_i and the multi-scale features
