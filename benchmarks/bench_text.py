@@ -288,8 +288,8 @@ def markdown(report: dict[str, Any]) -> list[str]:
             name = label if view == "model" else f"{label} ({view})"
             lines.append(f"| {name} | {cond} | {pm(m['dice_kidney'])} | {pm(m['dice_tumour'])} | "
                          f"{pm(m['fp_ml_tumour_free'], 2)} | {pm(m['side_fraction'], 2)} |")
-    lines += ["", "| model | iterations | s / case | side shift (single-sided tumours) |", "|---|---|---|---|"]
-    lines += [f"| {label} | {fmt(r['steps'][0], 0)} | {fmt(r['seconds_per_case'][0], 2)} | "
+    lines += ["", "| model | seeds | iterations | s / case | side shift (single-sided tumours) |", "|---|---|---|---|---|"]
+    lines += [f"| {label} | {','.join(map(str, r['seeds']))} | {fmt(r['steps'][0], 0)} | {fmt(r['seconds_per_case'][0], 2)} | "
               f"{pm(r['side_shift'], 2) if 'side_shift' in r else '–'} |" for label, r in agg.items()]
     lines += ["", ("Side shift: share of predicted tumour on the named side under the right report plus the same "
                    "under the left↔right swapped report, minus 1, over cases whose report names one kidney. A model "
@@ -319,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="/tmp/tdseg_bench_text", help="run folder (results per run, artifacts)")
     ap.add_argument("--fresh", action="store_true", help="ignore stored run results")
     ap.add_argument("--out", default=None, help="report stem (default results/text_effect)")
+    ap.add_argument("--stored-only", action="store_true", help="train nothing: tabulate the stored runs of "
+                    "--models and --seeds (missing ones left out; each model's seeds are listed)")
+    ap.add_argument("--targets-for", default=None, help="the TextDiffSeg label the target lines judge "
+                    "(default: textdiffseg, else the first TextDiffSeg variant)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--result", default="", help=argparse.SUPPRESS)
@@ -341,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in seeds:
         for label, (name, sets) in models.items():
             result = work / "runs" / f"{label}_seed{seed}.json"
-            if result.is_file() and not args.fresh:
+            if result.is_file() and not args.fresh or args.stored_only:
                 continue
             spec = f"{label}={name}" + "".join(f"@{k}={v}" for k, v in sets.items())
             cmd = [sys.executable, __file__, "--worker", "--models", spec, "--seed", str(seed), "--result", str(result),
@@ -367,15 +371,19 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"bench_text: runs failed: {', '.join(failed)}", file=sys.stderr)
         return 1
-    runs = [json.loads((work / "runs" / f"{label}_seed{seed}.json").read_text())
-            for seed in seeds for label in models]
+    paths = [work / "runs" / f"{label}_seed{seed}.json" for label in models for seed in seeds]
+    runs = [json.loads(p.read_text()) for p in paths if p.is_file() or not args.stored_only]
+    if not runs:
+        print(f"bench_text: no stored runs of {args.models} (seeds {args.seeds}) in {work / 'runs'}; run without "
+              "--stored-only first.", file=sys.stderr)
+        return 1
     from tdseg_lite.utils import pick_device
 
     agg = aggregate(runs, single_sided([e.get("description") for e in load_datalist(test_root)]))
 
     device = pick_device(args.device)
     report = {**stamp(device, args.threads), "args": vars(args), "aggregate": agg,
-              "verdicts": verdicts(agg), "runs": runs}
+              "verdicts": verdicts(agg, args.targets_for), "runs": runs}
     out = Path(args.out) if args.out else results_dir(device) / ("text_effect_decoys" if args.decoys else "text_effect")
     write_report(out, report, markdown(report))
     return 0

@@ -205,10 +205,112 @@ def test_spec_routes_dotted_keys_and_round_trips() -> None:
     ({"num_classes": 1}, "num_classes"),
     ({"unet_strides": (2,)}, "unet_strides"),
     ({"skip_kernel": 2}, "skip_kernel"),
+    ({"fusion.side_axis": 3}, "side_axis"),
+    ({"fusion.side_prior": True}, "side_prior"),
 ])
 def test_config_errors(overrides: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         ModelSpec.build("smoke", overrides)
+
+
+def sided_batch() -> dict:
+    """Two patches whose lesion lies in opposite halves of the side axis (0), each with its own report."""
+    batch = fixed_batch()
+    label = torch.zeros(2, 1, *PATCH, dtype=torch.long)
+    label[:, :, 2:14, 4:12, 4:12] = 1
+    label[0, :, 3:6, 6:9, 6:9] = 2       # half a (x < 8)
+    label[1, :, 10:13, 6:9, 6:9] = 2     # half b
+    return {**batch, "label": label, "image": batch["image"] * 0.2 + label.float() * 0.4,
+            "description": ["A tumour in the left kidney.", "A tumour in the right kidney."]}
+
+
+def test_side_map_starts_as_identity_then_reads_the_report() -> None:
+    plain, sided = make(), make(**{"fusion.side_map": True})
+    image = fixed_batch()["image"][:1]
+    kw = {"steps": 2, "samples": 1}
+    torch.testing.assert_close(  # W_m = 0: the map adds nothing before training
+        sided.eval().predict(image, "left", generator=torch.Generator().manual_seed(0), **kw),
+        sided.predict(image, "right", generator=torch.Generator().manual_seed(0), **kw))
+    with torch.no_grad():
+        torch.nn.init.normal_(sided.side_mix.weight)
+        sided.side_reader.head.weight.zero_()
+        outs = []
+        for bias in ([4.0, -4.0], [-4.0, 4.0]):  # the reader says half a, then half b
+            sided.side_reader.head.bias.copy_(torch.tensor(bias))
+            outs.append(sided.predict(image, "any", generator=torch.Generator().manual_seed(0), **kw))
+    assert float((outs[0] - outs[1]).abs().max()) > 1e-3
+    assert not hasattr(plain, "side_mix") and plain.side_reader is None
+
+
+def test_side_reader_is_taught_before_the_joint_phase_then_frozen() -> None:
+    model = make(**{"fusion.side_map": True, "fusion.side_pretrain_steps": 150})
+    batch = sided_batch()
+    volumes = [label[0] for label in batch["label"]]
+    summary = model.pretrain_side(batch["description"], volumes, seed=0)
+    assert summary is not None and summary["steps"] == 150 and summary["accuracy"] == 1.0, summary
+    assert not any(p.requires_grad for p in model.side_reader.parameters())
+    out = model.loss(batch)
+    assert "side" not in out  # frozen: no joint BCE
+    out["loss"].backward()
+    assert model.side_mix.weight.grad is not None and model.side_reader.head.weight.grad is None
+    assert make().pretrain_side(batch["description"], volumes) is None  # no reader, nothing to teach
+
+
+def test_side_reader_learns_each_report_s_half_from_the_labels() -> None:
+    """``side_pretrain_steps=0``: the reader learns inside the joint loss, from each patch's halves."""
+    model = make(**{"fusion.side_map": True, "fusion.side_pretrain_steps": 0, "diffusion.text_dropout": 0.0})
+    batch = sided_batch()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    torch.manual_seed(1)
+    for _ in range(25):
+        out = model.loss(batch)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    assert "side" in out
+    emb = model.text.embed(model.text.prompts(batch["description"]), 2, "cpu")
+    p = torch.sigmoid(model.side_reader(emb.tokens, emb.mask))
+    assert p[0, 0] > 0.7 and p[0, 1] < 0.3 and p[1, 0] < 0.3 and p[1, 1] > 0.7, p
+
+
+def test_side_prior_suppresses_the_lesion_in_the_half_the_report_rules_out() -> None:
+    image = fixed_batch()["image"][:1]
+    kw = {"steps": 2, "samples": 1}
+    plain = make(**{"fusion.side_map": True, "fusion.side_pretrain_steps": 20}).eval()
+    gated = make(**{"fusion.side_map": True, "fusion.side_prior": True, "fusion.side_pretrain_steps": 20}).eval()
+    gated.load_state_dict(plain.state_dict())
+    base = plain.predict(image, "any", generator=torch.Generator().manual_seed(0), **kw)
+    with torch.no_grad():
+        for model in (plain, gated):
+            model.side_reader.head.weight.zero_()
+            model.side_reader.head.bias.copy_(torch.tensor([9.0, -9.0]))  # lesion in half a (x < 8) only
+        probs = gated.predict(image, "any", generator=torch.Generator().manual_seed(0), **kw)
+        aux = AuxHeadView(gated).predict(image, "any")
+    assert float(probs[:, 2, 8:].max()) < 1e-3 and float(aux[:, 2, 8:].max()) < 1e-3  # half b: ruled out
+    torch.testing.assert_close(probs[:, :, :8], base[:, :, :8], atol=1e-3, rtol=0)     # half a: the image decides
+    torch.testing.assert_close(probs.sum(dim=1), torch.ones_like(probs[:, 0]))
+    batch = sided_batch()
+    with pytest.raises(ConfigError, match="pretrain_side"):  # a frozen reader that was never taught
+        gated.train().loss(batch)
+    gated.pretrain_side(batch["description"], [label[0] for label in batch["label"]])
+    out = gated.loss(batch)
+    assert torch.isfinite(out["loss"]) and "side" not in out
+
+
+def test_add_prior_touches_only_the_last_class() -> None:
+    from tdseg_lite.segmenter import DiffusionSegmenter
+
+    logits, prior = torch.zeros(2, 3, 4, 4, 4), torch.full((2, 1, 4, 4, 4), -2.0)
+    out = DiffusionSegmenter.add_prior(logits, prior)
+    assert out[:, :2].eq(0).all() and out[:, 2].eq(-2).all()
+    assert DiffusionSegmenter.add_prior(logits, None) is logits
+
+
+def test_side_map_needs_text_and_coordinates() -> None:
+    with pytest.raises(ConfigError, match="side_map"):
+        make(**{"fusion.side_map": True, "coordinates": False})
+    with pytest.raises(ConfigError, match="side_map"):
+        make(**{"fusion.side_map": True, "text_fusion": False})
 
 
 def test_call_errors() -> None:
