@@ -11,7 +11,10 @@ module gives the side a short path into the segmenter:
 2. ``side_map`` paints m(v) = σ(s_a) where the voxel v lies in half a (coordinate < 0) and σ(s_b) in
    half b: one channel on the latent grid that says, per voxel, "the report puts a lesion on this side";
 3. ``TextDiffSeg`` mixes m into z_fused (a zero-initialised 1×1×1 convolution of [z_fused, m]), so
-   the aux head and the denoiser both read it;
+   the aux head and the denoiser both read it (``FusionConfig.side_map``); with
+   ``FusionConfig.side_prior`` it also adds log m to the lesion logit of every decoded prediction,
+   so a half the report rules out gets no lesion (``DiffusionSegmenter.add_prior``) — measured, the
+   learnt mix alone is not used in a CPU budget, the prior is (README, "Does the report matter?");
 4. the reader learns from the labels, not from a parser: ``half_targets`` says which halves of a
    label volume hold lesion voxels. ``pretrain_side_reader`` trains it on the training cases'
    (report, halves) pairs before the joint phase (paraphrased as in training, and mirrored: the
@@ -72,7 +75,9 @@ def _check_axis_coords(coords: torch.Tensor, like: torch.Tensor, name: str) -> N
 
 def side_map(logits: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     """m = σ(s_a)·[x < 0] + σ(s_b)·[x ≥ 0]: (B, 1, d, h, w) from logits (B, 2) and coords x (B, 1, d, h, w)."""
-    _check_axis_coords(coords, coords, "coords")
+    if logits.ndim != 2 or logits.shape[1] != 2 or coords.ndim != 5 or coords.shape[:2] != (logits.shape[0], 1):
+        raise UserInputError(f"`logits` must be (B, 2) and `coords` (B, 1, d, h, w), got {tuple(logits.shape)} and "
+                             f"{tuple(coords.shape)}. Pass the reader's output and one coordinate channel.")
     p = torch.sigmoid(logits)[:, :, None, None, None]  # (B, 2, 1, 1, 1)
     half_b = (coords >= 0).to(p.dtype)
     return p[:, :1] * (1 - half_b) + p[:, 1:] * half_b

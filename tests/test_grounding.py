@@ -57,6 +57,8 @@ def test_side_map_paints_each_half_with_its_probability() -> None:
     for b in range(2):
         assert torch.allclose(m[b, 0, :4], p[b, 0].expand(4, 6, 6))   # x < 0: half a
         assert torch.allclose(m[b, 0, 4:], p[b, 1].expand(4, 6, 6))   # x >= 0: half b
+    with pytest.raises(UserInputError, match="coords"):
+        side_map(logits, coords[:1])
 
 
 def test_reader_ignores_padding_and_learns_two_reports_apart() -> None:
