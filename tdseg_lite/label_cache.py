@@ -46,8 +46,8 @@ if TYPE_CHECKING:  # torch and the networks only when a function runs
     from tdseg_lite.data import DataConfig
     from tdseg_lite.label_ae import LabelAEConfig, LabelAutoencoder
 
-__all__ = ["LabelAEResult", "cache_dir", "cache_key", "cached_label_autoencoder", "pretrain_label_autoencoder",
-           "training_label_volumes"]
+__all__ = ["LabelAEResult", "cache_dir", "cache_key", "cached_label_autoencoder", "cached_volumes",
+           "pretrain_label_autoencoder", "training_label_volumes"]
 
 FORMAT = 1  # bump when the key recipe or the stored layout changes
 #: LabelAEConfig fields that do not change the trained weights (``max_steps`` enters as ``steps``)
@@ -107,19 +107,45 @@ def cache_key(volumes: Sequence[torch.Tensor], cfg: LabelAEConfig, steps: int, s
     return h.hexdigest()
 
 
-def training_label_volumes(data_cfg: DataConfig, items: Sequence[Mapping[str, Any]]) -> list[torch.Tensor]:
+def training_label_volumes(data_cfg: DataConfig, items: Sequence[Mapping[str, Any]],
+                           dataset: Any = None) -> list[torch.Tensor]:
     """The label volumes the AE phase trains on: each case through ``val_transforms`` -> uint8 (X, Y, Z).
 
     Args:
         data_cfg: the run's data settings (spacing, body crop, padding).
         items: the training cases ``{"image", "label", ...}`` in split order.
+        dataset: optionally the run's training ``CacheDataset`` over ``items``. Its RAM cache holds the
+            same deterministic preprocessing (``data._preprocess``), so when it covers every case the
+            volumes are read from there instead of loaded and resampled again (``cached_volumes``):
+            on full-resolution CT that second pass costs minutes of a run's budget.
     """
     import torch
 
     from tdseg_lite.data import val_transforms
 
     tf = val_transforms(data_cfg)
-    return [tf(dict(item))["label"][0].as_tensor().to(torch.uint8) for item in items]
+
+    def fresh(item: Mapping[str, Any]) -> torch.Tensor:
+        return tf(dict(item))["label"][0].as_tensor().to(torch.uint8)
+
+    cached = None if dataset is None else cached_volumes(dataset, len(items))
+    if cached is not None and torch.equal(cached[0], fresh(items[0])):  # the cache holds this preprocessing
+        return cached
+    return [fresh(item) for item in items]
+
+
+def cached_volumes(dataset: Any, n: int) -> list[torch.Tensor] | None:
+    """The ``n`` label volumes (X, Y, Z) uint8 held in a MONAI ``CacheDataset``'s RAM cache, or ``None``
+    when it does not hold every case (``cache_rate`` < 1, another dataset type, or another layout)."""
+    import torch
+
+    cache = getattr(dataset, "_cache", None)  # MONAI keeps the deterministic prefix's results here
+    if not isinstance(cache, (list, tuple)) or len(cache) != n:
+        return None
+    if not all(isinstance(c, Mapping) and isinstance(c.get("label"), torch.Tensor) and c["label"].ndim == 4
+               for c in cache):
+        return None
+    return [torch.as_tensor(c["label"][0]).as_subclass(torch.Tensor).to(torch.uint8) for c in cache]
 
 
 def _load(path: Path, model: LabelAutoencoder, key: str) -> bool:

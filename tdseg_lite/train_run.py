@@ -156,7 +156,7 @@ def _pretrain_phase(net: torch.nn.Module, data: Mapping[str, Any], plan: RunPlan
         return 0.0, None
     start, summary = time.perf_counter(), None
     if info.is_main:
-        volumes = training_label_volumes(plan.data, data["train"].data)
+        volumes = training_label_volumes(plan.data, data["train"].data, dataset=data["train"])
         res = pretrain_label_autoencoder(net.label_ae, volumes, seed=plan.train.seed)
         summary = res.summary()
         what = (f"reused {res.path}" if res.reused else

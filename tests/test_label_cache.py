@@ -129,6 +129,31 @@ def test_dataset_helper_matches_the_dataset_and_refuses_a_class_mismatch(cache: 
         cached_label_autoencoder(data_cfg, root, LabelAEConfig(**{**vars(CFG), "num_classes": 4}))
 
 
+def test_volumes_come_from_the_training_cache_when_it_holds_every_case(tmp_path: Path) -> None:
+    from tdseg_lite.config import build_config
+    from tdseg_lite.data import DataConfig, make_datasets
+
+    root = write_msd_dataset(tmp_path / "ds", n_cases=4)
+    data_cfg = build_config(DataConfig, "smoke")
+    train_ds, _ = make_datasets(data_cfg, root, splits_path=tmp_path / "splits.json")
+    items = train_ds.data
+    fresh = label_cache.training_label_volumes(data_cfg, items)
+    assert len(fresh) == len(items) >= 2 and all(v.dtype == torch.uint8 and v.ndim == 3 for v in fresh)
+
+    class OtherCache:  # a cache of some other preprocessing: its first volume disagrees, so all are loaded again
+        def __init__(self) -> None:
+            self._cache = [{"label": torch.zeros(1, *v.shape)} for v in fresh]
+
+    again = label_cache.training_label_volumes(data_cfg, items, dataset=OtherCache())
+    assert all(torch.equal(a, b) for a, b in zip(again, fresh))
+    assert label_cache.cached_volumes(OtherCache(), len(items) + 1) is None
+    assert label_cache.cached_volumes(object(), len(items)) is None
+    for item in items[1:]:  # from here on only the first case can be loaded: the rest must come from the cache
+        Path(item["label"]).unlink()
+    cached = label_cache.training_label_volumes(data_cfg, items, dataset=train_ds)
+    assert len(cached) == len(fresh) and all(torch.equal(a, b) for a, b in zip(cached, fresh))
+
+
 # --- through tdseg train --------------------------------------------------------------------------------
 FAST = ["--preset", "smoke", "--device", "cpu", "--quiet", "--set", "label_ae.max_steps=4", "--set",
         "train.max_steps=2", "--set", "train.val_max_cases=1", "--set", "train.val_steps=1", "--set",

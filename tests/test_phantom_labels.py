@@ -249,6 +249,10 @@ def test_bad_label_files_are_refused_before_anything_is_written(tmp_path, kind, 
         (["--labels-from", "{src}", "--max-cases", "0"], "`--max-cases` must be an integer >= 1, got 0."),
         (["--labels-from", "{src}", "--max-cases", "two"], "`--max-cases` must be an integer, got 'two'."),
         (["--max-cases", "2"], "`--max-cases` applies only with --labels-from, got '2'. Use --cases N"),
+        (["--labels-from", "{src}", "--spacing", "0", "3", "3"],
+         "`--spacing` must be 3 voxel sizes in mm between 0.05 and 20 (R, A, S), got 0 3 3. Pass e.g. --spacing 3 3 3"),
+        (["--labels-from", "{src}", "--spacing", "three", "3", "3"], "`--spacing` must be 3 voxel sizes in mm"),
+        (["--spacing", "3", "3", "3"], "`--spacing` applies only with --labels-from, got 3 3 3. Leave it out"),
     ],
 )
 def test_cli_refusals_are_one_line(tmp_path, capsys, args, match) -> None:
@@ -290,3 +294,36 @@ def test_workers_and_max_cases_do_not_change_a_case(tmp_path) -> None:
     for name in ("a.nii.gz", "b.nii.gz"):
         assert (one / "imagesTr" / name).read_bytes() == (two / "imagesTr" / name).read_bytes()
     assert (one / "imagesTr" / "a.nii.gz").read_bytes() == (first / "imagesTr" / "a.nii.gz").read_bytes()
+
+
+def test_spacing_resamples_to_ras_and_keeps_the_kidneys_and_the_report(tmp_path, capsys) -> None:
+    lab, aff = kidney_map("LPS", tumour="left", pole="upper")
+    save(tmp_path / "src" / "a.nii.gz", lab, aff)
+    native = build_from_labels(tmp_path / "src", tmp_path / "native", seed=1)
+    argv = ["phantom", "--labels-from", str(tmp_path / "src"), "--out", str(tmp_path / "coarse"), "--seed", "1",
+            "--workers", "1", "--spacing", "10", "10", "12"]
+    assert cli.main(argv) == 0
+    assert "at 10 x 10 x 12 mm (RAS)" in capsys.readouterr().out
+    coarse = tmp_path / "coarse"
+    meta = json.loads((coarse / "dataset.json").read_text())
+    n = json.loads((native / "dataset.json").read_text())["training"][0]
+    c = meta["training"][0]
+    label, image = nib.load(coarse / c["label"]), nib.load(coarse / c["image"])
+    assert nib.aff2axcodes(label.affine) == ("R", "A", "S")
+    assert nib.aff2axcodes(nib.load(native / n["label"]).affine) == ("L", "P", "S")
+    np.testing.assert_allclose(nib.affines.voxel_sizes(label.affine), (10, 10, 12), atol=1e-6)
+    np.testing.assert_allclose(image.affine, label.affine, atol=1e-6)
+    assert label.shape == image.shape == (30, 26, 17) and c["shape"] == [30, 26, 17] and c["spacing_mm"] == [10, 10, 12]
+    assert c["source_shape"] == list(lab.shape) and c["source_spacing_mm"] == [5.0, 5.0, 6.0] and "source_shape" not in n
+    assert meta["tdseg_phantom_labels"]["options"]["spacing"] == [10.0, 10.0, 12.0] and "resampled to" in meta["description"]
+    assert validate_dataset(coarse).ok
+    arr = np.asanyarray(label.dataobj)
+    assert set(np.unique(arr)) == {0, 1, 2}
+    for cls in (1, 2):  # the same anatomy: each class's volume within 15 % (ml), at the same place (world centroid)
+        fine_ml = (lab == cls).sum() * 5 * 5 * 6 / 1000
+        coarse_ml = (arr == cls).sum() * 10 * 10 * 12 / 1000
+        assert abs(coarse_ml - fine_ml) < 0.15 * fine_ml, (cls, fine_ml, coarse_ml)
+        centre = [A[:3, :3] @ np.argwhere(a == cls).mean(0) + A[:3, 3] for a, A in ((arr, label.affine), (lab, aff))]
+        assert np.linalg.norm(centre[0] - centre[1]) < 6.0
+    assert "upper pole of the left kidney; the right kidney is normal." in c["description"]
+    assert "upper pole of the left kidney; the right kidney is normal." in n["description"]

@@ -339,6 +339,8 @@ def add_cli_arguments(parser: Any) -> None:
     add("--labels-from", default=None, metavar="DIR", help="paint real kidney label maps (0/1/2, KiTS19 "
         "case_XXXXX/segmentation.nii.gz, MSD labelsTr/ or *.nii.gz) instead of generating anatomy")
     add("--max-cases", default=None, metavar="N", help="with --labels-from: the first N label maps (default all)")
+    add("--spacing", default=None, nargs=3, metavar=("X", "Y", "Z"), help="with --labels-from: resample each map "
+        "to this voxel size in mm (R, A, S; e.g. 3 3 3, the cpu preset's grid) before painting (default: its own grid)")
 
 
 def _number(flag: str, value: str | None, kind: type, example: str) -> Any:
@@ -366,6 +368,9 @@ def cli_main(args: Any) -> int:
     if getattr(args, "max_cases", None) is not None:
         raise UserInputError(f"`--max-cases` applies only with --labels-from, got {args.max_cases!r}. "
                              "Use --cases N for the synthetic phantom.")
+    if getattr(args, "spacing", None) is not None:
+        raise UserInputError(f"`--spacing` applies only with --labels-from, got {' '.join(args.spacing)}. Leave it "
+                             "out: the synthetic phantom is drawn at 3 mm (--anisotropic varies it).")
     cfg = PhantomConfig(
         task="kidney" if args.task is None else args.task,
         num_cases=_number("--cases", "40" if args.cases is None else args.cases, int, "40"),
