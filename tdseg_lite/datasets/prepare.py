@@ -33,6 +33,7 @@ from typing import Any
 
 from tdseg_lite.datasets import download as dl
 from tdseg_lite.datasets.volumes import (
+    SPACING_RANGE,
     describe_kits19,
     describe_lesions,
     describe_organs,
@@ -398,7 +399,8 @@ def cli_main(args: argparse.Namespace) -> int:
     """Run ``tdseg prepare``: convert, then validate (summary, exit 0) or list the problems (exit 2)."""
     import sys
 
-    if args.spacing is not None and not all(0.05 <= s <= 20.0 for s in args.spacing):
+    lo, hi = SPACING_RANGE
+    if args.spacing is not None and not all(lo <= s <= hi for s in args.spacing):
         raise UserInputError(f"`--spacing` must be 3 voxel sizes in mm between 0.05 and 20, got "
                              f"{' '.join(map(str, args.spacing))}. Pass e.g. --spacing 1.5 1.5 2.0.")
     if args.max_cases is not None and args.max_cases < 1:

@@ -30,6 +30,7 @@ from tdseg_lite.errors import UserInputError
 
 __all__ = [
     "MIN_LESION_MM3",
+    "SPACING_RANGE",
     "convert_case",
     "describe_kits19",
     "describe_lesions",
@@ -178,6 +179,10 @@ def label_array(img: Any, path: Path) -> np.ndarray:
         raise UserInputError(f"{path}: label values must be class indices 0-255, got {raw.min()}..{raw.max()}; "
                              "pass the label map, not an image")
     return raw.astype(np.uint8, copy=False)
+
+
+#: voxel sizes (mm) that ``--spacing`` accepts (``tdseg prepare``, ``tdseg phantom --labels-from``)
+SPACING_RANGE = (0.05, 20.0)
 
 
 def resample(array: np.ndarray, affine: np.ndarray, spacing: Sequence[float], label: bool) -> tuple[np.ndarray, np.ndarray]:

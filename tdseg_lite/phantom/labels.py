@@ -46,8 +46,6 @@ LABELS_VERSION = "1"
 BLOCK = "tdseg_phantom_labels"
 _MARKER = ".tdseg_phantom_labels_in_progress.json"
 _ARG = "--labels-from"
-#: the voxel sizes ``--spacing`` accepts (mm), as ``tdseg prepare --spacing``
-SPACING_RANGE = (0.05, 20.0)
 LICENCES = {"kits19": "label maps: KiTS19 (https://github.com/neheller/kits19), CC BY-NC-SA 4.0, non-commercial, "
                       "share-alike; images: synthetic, painted around them. Do not redistribute.",
             "msd": "label maps: as their source dataset's licence; images: synthetic, painted around them.",
@@ -234,6 +232,8 @@ def check_spacing(spacing: Sequence[Any] | None) -> list[float] | None:
     """
     if spacing is None:
         return None
+    from tdseg_lite.datasets.volumes import SPACING_RANGE
+
     lo, hi = SPACING_RANGE
     shown = " ".join(map(str, spacing)) if isinstance(spacing, (list, tuple)) else repr(spacing)
     try:
