@@ -4,6 +4,7 @@
     python benchmarks/bench_step.py --preset full --amp bf16         # GPU, the full preset's 96³ patches
     python benchmarks/bench_step.py --models unet,textdiffseg --out /tmp/step.json
     python benchmarks/bench_step.py --interleave --models "unet,textdiffseg,no-skip=textdiffseg@model.decoder_image_skip=false"
+    python benchmarks/bench_step.py --interleave --models "unet,textdiffseg,unet-cf=unet@layout=first,textdiffseg-cf=textdiffseg@layout=first"
 
 For each model it times one optimiser step of the real engine (``Trainer.train_step``: loss,
 backward, clipping, AdamW, with AMP as asked; median of ``--steps`` after warm-up), reads the peak
@@ -18,7 +19,8 @@ so that a CPU's peak RSS belongs to that model alone.
 Ratios between models drift by ±15 % from process to process on a shared CPU; ``--interleave``
 builds every variant in one process and times them in turns (A B C A B C …, two steps each,
 ``--steps`` rounds), so that they share the machine's state: use it for "× the UNet" (the first
-model is the reference; no peak memory then).
+model is the reference; no peak memory then). ``@layout=first`` runs a variant with the CPU memory
+layout of ``tdseg_lite.layout`` switched off (channels-first everywhere, ``TDSEG_CHANNELS_LAST=0``).
 Writes ``results[/gpu_NAME]/step_PRESET-preset_pPATCH_AMP.{json,md}`` unless ``--out`` names a file.
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -39,7 +42,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import fmt, parse_models, results_dir, stamp, title, write_report
-
 
 AMP = {"none": "off", "bf16": "bf16", "fp16": "fp16"}  # --amp -> TrainConfig.amp
 
@@ -73,6 +75,18 @@ def text_encoder(cache: Path, tiny: bool = False):
     return TextEncoder(cfg, cache_dir=cache / "text_cache")
 
 
+LAYOUTS = {"last": "1", "first": "0"}  # @layout=...: TDSEG_CHANNELS_LAST for that variant (tdseg_lite.layout)
+
+
+def layout_env(sets: dict[str, str]) -> str:
+    """The ``TDSEG_CHANNELS_LAST`` value of a variant (``@layout=first`` or ``last``; default last); pops the key."""
+    value = sets.pop("layout", "last")
+    if value not in LAYOUTS:
+        raise SystemExit(f"--models: @layout must be one of {sorted(LAYOUTS)}, got {value!r}. "
+                         "Use e.g. unet-cf=unet@layout=first.")
+    return LAYOUTS[value]
+
+
 def build_variant(name: str, sets: dict[str, str], args: argparse.Namespace, device: torch.device,
                   cache: Path) -> tuple[Any, torch.nn.Module]:
     """(spec, model on ``device``) of model ``name`` with the ``part.field=value`` overrides ``sets``."""
@@ -90,6 +104,7 @@ def time_model(variant: str, args: argparse.Namespace, device: torch.device, cac
     from tdseg_lite.train import TrainConfig
 
     label, (name, sets) = next(iter(parse_models(variant).items()))
+    os.environ["TDSEG_CHANNELS_LAST"] = layout_env(sets)  # this process measures one model
     spec, model = build_variant(name, sets, args, device, cache)
     batch = synthetic_batch(args.batch, args.patch, spec.model.num_classes, device)
     amp = AMP[args.amp]
@@ -117,21 +132,24 @@ def time_interleaved(args: argparse.Namespace, device: torch.device, cache: Path
     import statistics
 
     from tdseg_lite.profiling import synthetic_batch
-    from tdseg_lite.train import Trainer, TrainConfig
+    from tdseg_lite.train import TrainConfig, Trainer
 
-    trainers, params = {}, {}
+    trainers, params, layouts = {}, {}, {}
     batch = None
     amp = AMP[args.amp]
     for label, (name, sets) in parse_models(args.models).items():
+        layouts[label] = layout_env(sets)
         spec, model = build_variant(name, sets, args, device, cache)
         batch = batch or synthetic_batch(args.batch, args.patch, spec.model.num_classes, device)
         trainers[label] = Trainer(model, TrainConfig(device=str(device), amp=amp, compile=args.compile))
         params[label] = sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6
+        os.environ["TDSEG_CHANNELS_LAST"] = layouts[label]
         for _ in range(args.warmup):
             trainers[label].train_step(iter([batch]))
     times: dict[str, list[float]] = {label: [] for label in trainers}
     for _ in range(args.steps):
         for label, trainer in trainers.items():
+            os.environ["TDSEG_CHANNELS_LAST"] = layouts[label]  # read by the model at every call
             for _ in range(2):
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)

@@ -27,6 +27,7 @@ from torch import nn
 from tdseg_lite.denoiser import ConditionalDenoiser, DenoiserConfig
 from tdseg_lite.diffusion import DiffusionConfig, entropy
 from tdseg_lite.fusion import CrossModalAttention3d, FusionConfig
+from tdseg_lite.layout import module_channels_last
 from tdseg_lite.positions import COORD_KEY
 from tdseg_lite.segmenter import (
     DiffusionSegmenter,
@@ -67,7 +68,7 @@ class UNetSegmenter(Segmenter):
     def logits(self, image: torch.Tensor, text: Any = None, coords: torch.Tensor | None = None,
                train: bool = False) -> torch.Tensor:
         """UNet logits (B, N, D, H, W) for images (B, 1, D, H, W) (the plain UNet ignores ``text``)."""
-        return self.net(self.model_input(image, coords))
+        return self.net(module_channels_last(self.net, self.model_input(image, coords))).contiguous()  # layout.py
 
     def loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Dice + CE of the UNet logits: ``{"loss", "seg"}``."""

@@ -35,6 +35,7 @@ from torch import nn
 
 from tdseg_lite.config import ConfigError
 from tdseg_lite.errors import UserInputError
+from tdseg_lite.layout import module_channels_last
 
 __all__ = ["ImageEncoder", "ImageEncoderConfig", "ImageFeatures", "aux_loss"]
 
@@ -135,9 +136,12 @@ class ImageEncoder(nn.Module):
             raise UserInputError(f"`image` spatial size must be divisible by 2 * downsample_factor = {f2}, got "
                                  f"{tuple(image.shape[2:])}. Pad it, e.g. monai.transforms.DivisiblePad(k={f2}).")
         features, x = [], image
-        for stage in self.stages:  # 1. encoder path, fine to coarse
+        for i, stage in enumerate(self.stages):  # 1. encoder path, fine to coarse; on a CPU the stages that read
+            # full resolution run channels-last, the coarser ones channels-first (faster for each: layout.py)
+            x = module_channels_last(stage, x) if i < 2 else x.contiguous()
             x = stage(x)
             features.append(x)
+        features[0] = features[0].contiguous()
         deep = self.up(features[-1])  # 2. bring the 1/2f context back to the latent grid and merge
         return self.fuse(torch.cat([features[-2], deep], dim=1)), features
 

@@ -61,6 +61,7 @@ from tdseg_lite.grounding import (
 )
 from tdseg_lite.image_encoder import ImageEncoder, ImageEncoderConfig
 from tdseg_lite.label_ae import LabelAEConfig, LabelAutoencoder, train_label_autoencoder
+from tdseg_lite.layout import channels_last
 from tdseg_lite.positions import COORD_KEY
 from tdseg_lite.segmenter import (
     DiffusionSegmenter,
@@ -235,7 +236,8 @@ class ImageSkipDecoder(nn.Module):
                                  nn.SiLU(), out)
 
     def forward(self, logits: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return logits + self.net(torch.cat([logits, skip], dim=1))
+        # channels-last with 2+ CPU threads, where oneDNN's 1×1×1 convolutions are otherwise slow (layout.py)
+        return logits + self.net(channels_last(torch.cat([logits, skip], dim=1), threads=2)).contiguous()
 
 
 class TextDiffSeg(DiffusionSegmenter):
