@@ -3,15 +3,19 @@
 PyTorch stores a (B, C, D, H, W) tensor channels-first by default. On a CPU, oneDNN's 3D
 convolutions with few channels at full resolution run much faster on channels-last memory
 (``torch.channels_last_3d``: the C values of a voxel side by side). Measured on a 2-core AVX-512
-EPYC, one optimiser step of the cpu preset (4 patches of 64³; ``benchmarks/results/step_layout_*``):
+EPYC, one optimiser step of the cpu preset (4 patches of 64³; ``benchmarks/results/step_layout_*``,
+both layouts stepped in turns in one process):
 
-* the MONAI UNet with a channels-last input: 1.02 → 0.76 s on one thread, 0.61 → 0.43 s on two;
-* TextDiffSeg with its image encoder's full-resolution stages channels-last: 1.32 → 1.22 s on one
-  thread; converting the whole model instead gained about 1 %: the GroupNorm, attention and
-  element-wise layers of the latent path then pay a layout conversion each;
-* a 1×1×1 convolution at 64³ with 7 → 8 channels, forward + backward: 22 ms channels-first on one
-  thread (PyTorch's own GEMM path), but 74 ms on two (oneDNN, which PyTorch picks once there is more
-  than one thread), 11 ms channels-last on two.
+* the MONAI UNet, input and weights channels-last: 1.06 → 0.76 s on one thread, 0.61 → 0.41 s on two
+  (with the input alone channels-last it stayed at 1.01 s: the weights must change too);
+* TextDiffSeg with its image encoder's two full-resolution stages channels-last: 1.38 → 1.28 s on
+  one thread, 1.05 → 0.76 s on two (with the skip decoder below). Converting the whole model
+  instead gained about 1 %: its GroupNorm, attention and element-wise layers on the latent grid
+  then pay a layout conversion each;
+* the skip decoder's 1×1×1 convolutions at 64³ (7 → 8 channels, forward + backward): 22 ms
+  channels-first on one thread (PyTorch's own GEMM path), 74 ms on two (oneDNN, which PyTorch picks
+  once it has more than one thread), 11 ms channels-last on two; so it goes channels-last only with
+  two or more threads.
 
 ``TDSEG_CHANNELS_LAST=0`` in the environment switches the layout off (channels-first everywhere,
 as before; ``benchmarks/bench_step.py`` compares both with ``@layout=first``).
@@ -52,8 +56,8 @@ def channels_last(x: torch.Tensor, *, threads: int = 1) -> torch.Tensor:
 def module_channels_last(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``channels_last(x)``, with ``module``'s 5D weights moved to the same layout as ``x`` first.
 
-    A convolution whose weight is channels-first keeps handing channels-first outputs on (the UNet's
-    transposed convolutions do), so both must change. The weights move in place (the same
+    With the input alone channels-last the UNet's step stayed at 1.01 s (module docstring): both must
+    change. The weights move in place (the same
     ``Parameter`` objects: an optimiser built earlier still holds them), once per change of device
     type or setting: channels-last on a CPU, channels-first elsewhere and when switched off.
     """

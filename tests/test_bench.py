@@ -129,6 +129,23 @@ def test_step_suite_interleaved_gives_ratios_to_the_first_model(tmp_path: Path) 
     assert "| lean |" in out.with_suffix(".md").read_text()
 
 
+def test_step_layout_variant_switches_the_cpu_layout_per_variant(monkeypatch) -> None:
+    bench_step = _bench_module("bench_step")
+    sets = {"layout": "first", "model.unet_res_units": "0"}
+    assert bench_step.layout_env(sets) == "0" and sets == {"model.unet_res_units": "0"}  # popped: not a model key
+    assert bench_step.layout_env({}) == "1"
+    with pytest.raises(SystemExit, match=r"@layout must be one of \['first', 'last'\], got 'cf'"):
+        bench_step.layout_env({"layout": "cf"})
+    seen = []
+    monkeypatch.setattr("tdseg_lite.train.Trainer.train_step",
+                        lambda self, batches: seen.append(__import__("os").environ["TDSEG_CHANNELS_LAST"]) or {})
+    monkeypatch.setenv("TDSEG_CHANNELS_LAST", "1")
+    args = bench_step.argparse.Namespace(models="unet,cf=unet@layout=first", preset="smoke", patch=16, batch=1,
+                                         amp="none", compile=False, warmup=1, steps=1, tiny_text=True)
+    rows = bench_step.time_interleaved(args, bench_step.torch.device("cpu"), Path("."))
+    assert [r["model"] for r in rows] == ["unet", "cf"] and seen == ["1", "0", "1", "1", "0", "0"]
+
+
 STAMP = re.compile(r"^# .+\((?:cpu \(.+\), \d+ threads|cuda \(.+\)), \d{4}-\d\d-\d\dT[\d:]+\+00:00, commit [0-9a-f]{7,}")
 
 
