@@ -108,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     report = {**stamp(torch.device("cpu"), args.threads), "args": vars(args), "train_reports": len(train),
               "test_reports": len(test), "side_guessing_accuracy": guess, "accuracy": rows}
     lines = [title(report, "Side probe: does a reader of the frozen tokens learn the tumour's side?"), "",
-             f"{len(train)} training reports (the phantom's), {len(test)} test reports (a phantom of another seed); "
-             f"{args.steps} steps of {args.batch} reports; accuracy = both bits (left tumour, right tumour) right; "
-             f"mean ± sd over seeds {args.seeds}. A reader that knows whether a kidney holds a tumour but guesses "
-             f"the side of the {one_sided} one-sided reports scores {guess:.2f}.", "",
+             (f"{len(train)} training reports (the phantom's), {len(test)} test reports (a phantom of another seed); "
+              f"{args.steps} steps of {args.batch} reports; accuracy = both bits (left tumour, right tumour) right; "
+              f"mean ± sd over seeds {args.seeds}. A reader that knows whether a kidney holds a tumour but guesses "
+              f"the side of the {one_sided} one-sided reports scores {guess:.2f}."), "",
              "| mirror share | right report | swapped report | unseen paraphrase |", "|---|---|---|---|"]
     lines += [f"| {m} | " + " | ".join(f"{r[c][0]:.2f} ± {r[c][1]:.2f}" for c in ("right", "swapped", "paraphrase")) + " |"
               for m, r in rows.items()]
