@@ -155,7 +155,9 @@ class Trainer:
             ids = [self.info.device.index] if self.info.device.type == "cuda" else None
             net = nn.parallel.DistributedDataParallel(net, device_ids=ids, find_unused_parameters=True)
         self.ddp = net if self.info.active else None
-        self.net = torch.compile(net) if cfg.compile else net
+        # static shapes: with torch 2.13 the automatic dynamic-shape recompile of TextDiffSeg's loss fails in
+        # Inductor's convolution lowering (ValueRangeError, measured on a CPU); a new shape recompiles instead
+        self.net = torch.compile(net, dynamic=False) if cfg.compile else net
         self.optimizer = make_optimizer(self.model, cfg)
         self.amp_dtype, self.scaler = amp_setup(cfg.amp, self.info.device)
         self.progress = 0.0
