@@ -96,9 +96,10 @@ def parse_models(text: str) -> dict[str, tuple[str, dict[str, str]]]:
     """A comma list of model variants, each a model name or ``label=model@part.field=value@...``:
 
     ``"a=textdiffseg@text.model=structured,unet"`` -> ``{"a": ("textdiffseg", {...}), "unet": ("unet", {})}``.
+    A list value keeps its commas inside brackets: ``"thin=textdiffseg@denoiser.channels=[8,16,32]"``.
     """
     out = {}
-    for item in filter(None, (x.strip() for x in text.split(","))):
+    for item in filter(None, (x.strip() for x in re.split(r",(?![^\[]*\])", text))):
         head, *rest = item.split("@")
         label, _, name = head.rpartition("=")
         out[label or name] = (name, dict(p.split("=", 1) for p in rest))

@@ -146,6 +146,12 @@ def test_step_layout_variant_switches_the_cpu_layout_per_variant(monkeypatch) ->
     assert [r["model"] for r in rows] == ["unet", "cf"] and seen == ["1", "0", "1", "1", "0", "0"]
 
 
+def test_model_variants_keep_list_values_whole() -> None:
+    got = _bench_module("common").parse_models("unet, thin=textdiffseg@denoiser.channels=[8,16,32]@diffusion.decode_fraction=0.25,b=unet")
+    assert got == {"unet": ("unet", {}), "b": ("unet", {}),
+                   "thin": ("textdiffseg", {"denoiser.channels": "[8,16,32]", "diffusion.decode_fraction": "0.25"})}
+
+
 STAMP = re.compile(r"^# .+\((?:cpu \(.+\), \d+ threads|cuda \(.+\)), \d{4}-\d\d-\d\dT[\d:]+\+00:00, commit [0-9a-f]{7,}")
 
 
