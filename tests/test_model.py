@@ -382,3 +382,13 @@ def test_training_prompts_are_paraphrased_with_the_same_facts() -> None:
     prompts = text.prompts([desc] * 50, train=True)
     assert len(set(prompts)) > 3 and all(parse_report(p) == parse_report(desc) for p in prompts)
     assert text.prompts([desc], train=False)[0].endswith(desc)
+
+
+def test_cpu_preset_is_the_lean_joint_step_and_the_gpu_preset_is_not() -> None:
+    cpu, full = ModelSpec.build("cpu"), ModelSpec.build("full")
+    assert cpu.denoiser.channels == (8, 16, 32) and cpu.diffusion.decode_fraction == 0.25
+    assert full.denoiser.channels == (64, 128, 128) and full.diffusion.decode_fraction == 0.5
+    wide = ModelSpec.build("cpu", {"denoiser.channels": [16, 32, 64], "diffusion.decode_fraction": 0.5})
+    assert wide.denoiser.channels == (16, 32, 64) and wide.diffusion.decode_fraction == 0.5  # overrides win
+    pixel = ModelSpec.build("cpu", {"model": "pixel-diffusion"})
+    assert pixel.denoiser.channels == pixel.model.pixel_channels  # the baseline keeps its own widths
