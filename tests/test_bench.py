@@ -359,3 +359,16 @@ def test_uncertainty_aggregate_pairs_the_seeds_of_ensemble_and_single_pass() -> 
     lines = bu.markdown({"aggregate": agg, "title": "T", "device": "cpu", "date": "d", "commit": "c", "seeds": [0, 1, 2],
                          "cases": 8, "samples": 4})
     assert any(line.startswith("| full ensemble − aux-head | 0.000 ± 0.000 | 0.080 ± 0.000") for line in lines)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="on a GPU the script would run for real")
+def test_gpu_equal_budget_script_refuses_a_machine_without_a_gpu_in_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # `python` = this interpreter
+    env = {**os.environ, "PATH": path, "DEVICE": "cuda", "WORK": str(tmp_path)}
+    done = subprocess.run(["bash", str(BENCH / "gpu_equal_budget.sh")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and not any(tmp_path.iterdir())
+    assert done.stderr.strip().splitlines()[-1].startswith("gpu_equal_budget.sh: DEVICE=cuda needs a CUDA GPU")
