@@ -108,7 +108,8 @@ ALSO_CHANGES: dict[str, str] = {
     "lean": "a cheaper joint step, so more of them in the budget: a thinner denoiser (widths 8, 16, 32 instead of "
             "16, 32, 64; 1.3 M instead of 3.1 M trainable parameters in all) and one patch in four instead of one "
             "in two decoded to full resolution for the pixel losses (`diffusion.decode_fraction=0.25`); the cpu "
-            "preset's default since it measured better at equal budget (tables before that call it `lean`)",
+            "preset's default since commit 8e610f2 (it measured better at equal budget), so on that preset `full` "
+            "and `lean` have been the same model since",
     "wide": "the cpu preset's joint step before it was made lean (`full` in the tables measured before): denoiser "
             "widths 16, 32, 64 (3.1 M trainable parameters in all) and half the batch decoded for the pixel losses",
 }

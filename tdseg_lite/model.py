@@ -125,7 +125,7 @@ class ModelConfig:
 #: (measured: (16, 32, 64, 128) with a residual unit per scale costs 2.8 s fwd+bwd per batch of 4
 #: on one thread, (4, 16, 32, 64) without 0.6 s, against 1.0 s for a whole MONAI UNet step).
 #: The cpu preset's joint step is lean too: a denoiser of widths (8, 16, 32) instead of (16, 32, 64) and a
-#: quarter of the batch decoded for the pixel losses instead of half (1.09 vs 1.34 s per step on one thread;
+#: quarter of the batch decoded for the pixel losses instead of half (1.04 vs 1.25 s per step on one thread;
 #: at equal wall clock more steps and a better tumour Dice on the phantom and on real kidney shapes:
 #: README, "Equal budget with 3 seeds"). The GPU preset keeps the wider denoiser and decodes half. (Pixel
 #: diffusion keeps its own denoiser widths, model.pixel_channels; its Dice + CE also sees a quarter of the batch.)
