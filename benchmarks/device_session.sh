@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results/device}"
 mkdir -p "$OUT"
 source benchmarks/device_env.sh
-python -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; from bench_step import tiny_text_model; tiny_text_model(Path('/tmp/tiny_bert'))"
+tiny_bert
 TDSEG_ARTIFACTS=/tmp/tdseg_quality MINUTES="${MINUTES:-6}" OUT="$OUT/quality" \
   bash benchmarks/quality_parallel.sh --set text.model=/tmp/tiny_bert >"$OUT/quality_log.txt" 2>&1 &
 qpid=$!

@@ -25,7 +25,7 @@ for amp in ${AMPS:-none bf16}; do
   python benchmarks/bench_step.py --tiny-text --preset full --models unet,textdiffseg --patch 96 --batch 4 \
     --steps 10 --amp "$amp" --out "$OUT/step_full-preset_p96_${amp}.json" | tail -4
 done
-python -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; from bench_step import tiny_text_model; tiny_text_model(Path('/tmp/tiny_bert'))"
+tiny_bert
 RUN=/tmp/gpu_run
 rm -rf "$RUN"
 start=$(date +%s)

@@ -27,7 +27,7 @@ if [ "$DEVICE" = cuda ]; then
 else
   patch=32 amp=none cpu_patch=32  # the rehearsal: smoke-sized patches
 fi
-python -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; from bench_step import tiny_text_model; tiny_text_model(Path('/tmp/tiny_bert'))"
+tiny_bert
 out=$(python -c "import sys, torch; sys.path.insert(0, 'benchmarks'); from common import results_dir; print(results_dir(torch.device('$DEVICE')))")
 [ "$DEVICE" = cuda ] || out="$WORK/results"  # a rehearsal never writes into the repository
 mkdir -p "$out"
@@ -45,7 +45,7 @@ lap "scaling table"
 python benchmarks/bench_ablation.py --device "$DEVICE" --preset "$PRESET" --configs unet,full --seeds 0 \
   --minutes "$MINUTES" --jobs 2 --threads 4 --reference unet --also aux-head --work "$WORK/runs" \
   --set text.model=/tmp/tiny_bert --set "label_ae.max_steps=$LABEL_AE_STEPS" --results-dir "$out" \
-  --name "equal_budget_phantom_${PRESET}_${MINUTES}min" \
+  --name "equal_budget_phantom_${PRESET}_${MINUTES//./p}min" \
   --title "Equal budget on one GPU, phantom, $PRESET preset, $MINUTES minutes per model" | tail -n 12
 lap "equal budget"
 echo "gpu_equal_budget.sh: results in $out"

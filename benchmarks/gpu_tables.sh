@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 source benchmarks/device_env.sh
 python -c "import torch, sys; sys.exit(not torch.cuda.is_available())" \
   || { echo "gpu_tables.sh: needs a CUDA GPU (on a CPU run: tdseg bench all)" >&2; exit 2; }
-python -c "import sys; sys.path.insert(0, 'benchmarks'); from pathlib import Path; from bench_step import tiny_text_model; tiny_text_model(Path('/tmp/tiny_bert'))"
+tiny_bert
 export TDSEG_ARTIFACTS="${TDSEG_ARTIFACTS:-/tmp/tdseg_gpu_tables}"
 start=$(date +%s)
 python benchmarks/bench_denoiser_cost.py --device cuda | tail -3

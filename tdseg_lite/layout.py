@@ -57,9 +57,9 @@ def module_channels_last(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``channels_last(x)``, with ``module``'s 5D weights moved to the same layout as ``x`` first.
 
     With the input alone channels-last the UNet's step stayed at 1.01 s (module docstring): both must
-    change. The weights move in place (the same
-    ``Parameter`` objects: an optimiser built earlier still holds them), once per change of device
-    type or setting: channels-last on a CPU, channels-first elsewhere and when switched off.
+    change. The weights move in place (the same ``Parameter`` objects: an optimiser built earlier still
+    holds them), once per change of device type or setting: channels-last on a CPU, channels-first
+    elsewhere and when switched off.
     """
     x = channels_last(x)
     cpu = x.device.type == "cpu" and x.ndim == 5 and enabled()
